@@ -1,0 +1,78 @@
+"""create_app(settings): routers, problem-JSON errors, the shared AppContext."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from bota_ota import __version__
+from bota_ota.accounts.api import router as accounts_router
+from bota_ota.audit.api import router as audit_router
+from bota_ota.config import Settings
+from bota_ota.db import make_engine, make_sessionmaker
+from bota_ota.deps import AppContext, CtxDep
+from bota_ota.devices.api import router as devices_router
+from bota_ota.errors import install_problem_handlers
+from bota_ota.firmware.api import router as firmware_router
+from bota_ota.ota.api import router as assignments_router
+from bota_ota.ota.device_api import router as device_router
+from bota_ota.storage import make_blob_store
+from bota_ota.storage.api import router as download_router
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Firmware over-the-air updates for Bota Pin, Bota Pin Pro and Bota Note.
+
+* **Management API** (`/api/v1`): releases, devices, assignments, audit. `Authorization: Bearer <API token>`.
+* **Device API** (`/api/device/v1`): the heartbeat the firmware sends; see docs/device-protocol.md.
+* Errors are RFC 9457 problem JSON (`application/problem+json`) naming the offending field.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    engine = make_engine(settings.resolved_database_url)
+    ctx = AppContext(
+        settings=settings, engine=engine, sessions=make_sessionmaker(engine), store=make_blob_store(settings)
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Temporary upload files from a crashed run are never referenced by any row: drop them.
+        shutil.rmtree(settings.upload_tmp_dir, ignore_errors=True)
+        settings.upload_tmp_dir.mkdir(parents=True, exist_ok=True)
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="bota-ota", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.ctx = ctx
+    install_problem_handlers(app)
+    for router in (
+        firmware_router,
+        devices_router,
+        assignments_router,
+        device_router,
+        accounts_router,
+        audit_router,
+        download_router,
+    ):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness and database check")
+    def healthz(ctx: CtxDep) -> dict[str, str]:
+        with ctx.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (used by ``bota-ota serve --workers N``)."""
+    return create_app(Settings())

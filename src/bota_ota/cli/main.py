@@ -1,0 +1,151 @@
+"""The ``bota-ota`` command."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.panel import Panel
+
+from bota_ota import __version__
+from bota_ota.cli.common import DataDirOption, console, err_console, load_settings
+
+app = typer.Typer(
+    help="bota-ota: firmware over-the-air updates for Bota devices.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+token_app = typer.Typer(help="Management API tokens.", no_args_is_help=True)
+user_app = typer.Typer(help="Portal users.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(user_app, name="user")
+app.add_typer(db_app, name="db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"bota-ota {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    data_dir: DataDirOption = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the server: applies migrations, creates the first admin on an empty database, then serves."""
+    import uvicorn
+
+    from bota_ota.bootstrap import prepare_database
+
+    settings = load_settings(data_dir)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    creds = prepare_database(settings)
+    if creds is not None:
+        console.print(
+            Panel.fit(
+                f"Admin account:   [bold]{creds.email}[/bold]\n"
+                f"Password:        [bold]{creds.password}[/bold]\n"
+                f"Admin API token: [bold]{creds.api_token}[/bold]\n\n"
+                "These are shown once. Keep them somewhere safe.",
+                title="First start: an admin was created",
+                border_style="green",
+            )
+        )
+    db = settings.resolved_database_url.split("@")[-1]
+    console.print(f"bota-ota {__version__} on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    console.print(f"database: {db}   storage: {settings.storage_backend}   data dir: {settings.data_dir.resolve()}")
+    uvicorn.run(
+        "bota_ota.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+        proxy_headers=True,
+    )
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="A name that says who or what uses the token.")],
+    role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a management API token; the token alone is printed as the last line."""
+    from bota_ota.accounts import service
+    from bota_ota.db import make_engine, make_sessionmaker, session_scope
+    from bota_ota.errors import DomainError
+    from bota_ota.migrate import upgrade_to_head
+
+    settings = load_settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            token, secret = service.create_api_token(session, name=name, role=role, actor="cli")
+    except DomainError as exc:
+        err_console.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    err_console.print(f"Created {token.role} token '{token.name}' ({token.id}). It is shown once:")
+    print(secret)
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Option("--email", help="Sign-in e-mail.")],
+    role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")] = "operator",
+    password: Annotated[
+        str | None, typer.Option("--password", help="Password (at least 8 characters); asked for if omitted.")
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a portal user."""
+    from bota_ota.accounts import service
+    from bota_ota.db import make_engine, make_sessionmaker, session_scope
+    from bota_ota.errors import DomainError
+    from bota_ota.migrate import upgrade_to_head
+
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    settings = load_settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            user = service.create_user(session, email=email, password=password, role=role, actor="cli")
+    except DomainError as exc:
+        err_console.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    console.print(f"Created {user.role} user {user.email}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDirOption = None) -> None:
+    """Apply all database migrations (safe to run again; several instances may run it at once)."""
+    from bota_ota.migrate import upgrade_to_head
+
+    settings = load_settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    console.print("Database is at the latest schema.")

@@ -1,0 +1,82 @@
+"""All settings in one place, read from environment variables prefixed ``BOTA_OTA_``."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BOTA_OTA_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Where the SQLite database, local blobs and the secret live.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default sqlite:///<data_dir>/bota-ota.db. PostgreSQL: postgresql+psycopg://...",
+    )
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "bota-ota"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_create_bucket: bool = Field(False, description="Create the bucket at start-up if it does not exist.")
+    public_url: str | None = Field(
+        None,
+        description="Base URL devices use to reach this server (for local signed URLs); default: the request's.",
+    )
+    signed_url_ttl_s: int = Field(15 * 60, ge=10, le=7 * 24 * 3600)
+    heartbeat_interval_s: int = Field(60, ge=1, le=3600)
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    secret_key: str | None = Field(
+        None,
+        description="Signs local download URLs. Default: generated once and kept in <data_dir>/secret_key.",
+    )
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> Settings:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("BOTA_OTA_S3_BUCKET is required when BOTA_OTA_STORAGE_BACKEND=s3")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'bota-ota.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def upload_tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        """The configured secret, or one generated on first use and kept in the data dir.
+
+        Several instances behind a load balancer must share one: set BOTA_OTA_SECRET_KEY.
+        """
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
+    @property
+    def online_window_s(self) -> int:
+        """A device counts as online if it was seen within two heartbeat intervals plus slack."""
+        return self.heartbeat_interval_s * 2 + 10

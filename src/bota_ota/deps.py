@@ -1,0 +1,105 @@
+"""Dependency aliases that keep handlers short: SessionDep, StoreDep, SettingsDep and the auth subjects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bota_ota.accounts.service import Principal, authenticate_api_token
+from bota_ota.config import Settings
+from bota_ota.errors import Forbidden, Unauthorized
+from bota_ota.storage import BlobStore
+
+
+@dataclass
+class AppContext:
+    """Everything a request needs that lives as long as the app: kept on ``app.state.ctx``."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: BlobStore
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+CtxDep = Annotated[AppContext, Depends(get_ctx)]
+
+
+def get_settings(ctx: CtxDep) -> Settings:
+    return ctx.settings
+
+
+def get_store(ctx: CtxDep) -> BlobStore:
+    return ctx.store
+
+
+def get_session(ctx: CtxDep) -> Iterator[Session]:
+    """The request's unit of work: commit when the handler returns, roll back if it raises.
+
+    Used with scope="function" so the commit happens before the response is sent: a client never
+    sees a 201 for something that was not stored.
+    """
+    session = ctx.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[BlobStore, Depends(get_store)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="A management API token (bota_at_...)")
+
+
+def bearer_secret(credentials: HTTPAuthorizationCredentials | None) -> str:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthorized("send an API token as 'Authorization: Bearer <token>'")
+    return credentials.credentials
+
+
+def current_principal(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    principal = authenticate_api_token(session, bearer_secret(credentials))
+    if principal is None:
+        raise Unauthorized("the API token is unknown or revoked")
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_role(role: str) -> Callable[[Principal], Principal]:
+    def check(principal: CurrentPrincipal) -> Principal:
+        if not principal.has_role(role):
+            raise Forbidden(f"this action needs the {role} role; your token has {principal.role}")
+        return principal
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(require_role("viewer"))]
+Operator = Annotated[Principal, Depends(require_role("operator"))]
+Admin = Annotated[Principal, Depends(require_role("admin"))]
+
+
+def base_url(request: Request, settings: Settings) -> str:
+    """The URL devices should use to reach this server (for locally signed download URLs)."""
+    return settings.public_url or str(request.base_url)

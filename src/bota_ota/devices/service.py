@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bota_ota.audit import service as audit
+from bota_ota.db import utcnow
+from bota_ota.devices.models import Device
+from bota_ota.devices.schemas import DeviceOut
+from bota_ota.errors import Conflict, NotFound
+from bota_ota.firmware.service import check_model
+from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
+from bota_ota.ota.schemas import AssignmentSummary
+from bota_ota.security import hash_token, new_token
+
+DEVICE_TOKEN_PREFIX = "bota_dt"
+
+
+def register_device(
+    session: Session, *, device_id: str, model: str, name: str | None, actor: str
+) -> tuple[Device, str]:
+    if session.get(Device, device_id) is not None:
+        raise Conflict(f"device {device_id} is already registered", field="id")
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    device = Device(
+        id=device_id,
+        model=check_model(model),
+        name=(name or "").strip() or None,
+        token_hash=hash_token(token),
+    )
+    session.add(device)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict(f"device {device_id} is already registered", field="id") from None
+    audit.record(
+        session,
+        actor=actor,
+        action="device.register",
+        target_type="device",
+        target_id=device.id,
+        detail={"model": model, "name": device.name},
+    )
+    return device, token
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"device {device_id} not found")
+    return device
+
+
+def rotate_token(session: Session, device_id: str, *, actor: str) -> str:
+    device = get_device(session, device_id)
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    device.token_hash = hash_token(token)
+    audit.record(session, actor=actor, action="device.rotate_token", target_type="device", target_id=device.id)
+    session.flush()
+    return token
+
+
+def authenticate_device(session: Session, token: str) -> Device | None:
+    return session.scalar(select(Device).where(Device.token_hash == hash_token(token)))
+
+
+def list_devices(
+    session: Session, *, model: str | None = None, q: str | None = None, limit: int = 100, offset: int = 0
+) -> tuple[Sequence[Device], int]:
+    query = select(Device)
+    if model:
+        query = query.where(Device.model == check_model(model))
+    if q:
+        pattern = f"%{q.strip().lower()}%"
+        query = query.where(or_(func.lower(Device.id).like(pattern), func.lower(Device.name).like(pattern)))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
+    return rows, total
+
+
+def active_assignments_for(session: Session, device_ids: Sequence[str]) -> dict[str, Assignment]:
+    if not device_ids:
+        return {}
+    rows = session.scalars(
+        select(Assignment).where(Assignment.device_id.in_(device_ids), Assignment.status.in_(ACTIVE_STATUSES))
+    ).all()
+    return {a.device_id: a for a in rows}
+
+
+def is_online(last_seen_at: datetime | None, window_s: int, now: datetime | None = None) -> bool:
+    if last_seen_at is None:
+        return False
+    return (now or utcnow()) - last_seen_at <= timedelta(seconds=window_s)
+
+
+def device_out(device: Device, active: Assignment | None, *, online_window_s: int) -> DeviceOut:
+    return DeviceOut(
+        id=device.id,
+        model=device.model,
+        name=device.name,
+        created_at=device.created_at,
+        firmware_version=device.firmware_version,
+        last_seen_at=device.last_seen_at,
+        online=is_online(device.last_seen_at, online_window_s),
+        recording=device.recording,
+        network=device.network,
+        battery=device.battery,
+        rssi=device.rssi,
+        ble_connected=device.ble_connected,
+        active_assignment=AssignmentSummary.model_validate(active) if active else None,
+    )

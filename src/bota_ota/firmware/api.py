@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from bota_ota.deps import Operator, SessionDep, SettingsDep, StoreDep, Viewer
+from bota_ota.firmware import service
+from bota_ota.firmware.schemas import ReleaseOut, ReleasePatch
+from bota_ota.firmware.upload import parse_firmware_form
+
+router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
+
+_UPLOAD_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["version", "model"],
+                    "properties": {
+                        "version": {
+                            "type": "string",
+                            "example": "v1.0.1",
+                            "description": "Semantic version, optional leading v",
+                        },
+                        "model": {"type": "string", "enum": ["bota-pin", "bota-pin-pro", "bota-note"]},
+                        "notes": {"type": "string"},
+                        "draft": {
+                            "type": "boolean",
+                            "description": "Upload as a draft (not offered to apps)",
+                        },
+                        "bin": {"type": "string", "format": "binary", "description": "HTTP OTA image (.bin)"},
+                        "ufw": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Bluetooth OTA file (.ufw)",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ReleaseOut,
+    openapi_extra=_UPLOAD_SCHEMA,
+    summary="Upload a firmware release (multipart: version, model, bin and/or ufw, notes)",
+)
+async def upload_release(
+    request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: Operator
+) -> ReleaseOut:
+    form = await parse_firmware_form(
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        file_fields={"bin", "ufw"},
+        max_file_bytes=settings.max_upload_bytes,
+        tmp_dir=settings.upload_tmp_dir,
+    )
+    try:
+
+        def create_and_commit() -> ReleaseOut:
+            release, stored = service.create_release(session, store, form, actor=principal.actor)
+            try:
+                session.commit()
+            except BaseException:
+                service.delete_blobs(store, stored)
+                raise
+            return service.release_out(release)
+
+        return await run_in_threadpool(create_and_commit)
+    finally:
+        form.cleanup()
+
+
+@router.get("", response_model=list[ReleaseOut], summary="List releases, newest version first per model")
+def list_releases(
+    session: SessionDep,
+    _: Viewer,
+    model: Annotated[str | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
+    released: Annotated[bool | None, Query(description="Only released (true) or drafts (false)")] = None,
+) -> list[ReleaseOut]:
+    return [service.release_out(r) for r in service.list_releases(session, model=model, released=released)]
+
+
+@router.get("/{release_id}", response_model=ReleaseOut)
+def get_release(release_id: str, session: SessionDep, _: Viewer) -> ReleaseOut:
+    return service.release_out(service.get_release(session, release_id))
+
+
+@router.patch("/{release_id}", response_model=ReleaseOut, summary="Mark released/draft or edit notes")
+def patch_release(release_id: str, body: ReleasePatch, session: SessionDep, principal: Operator) -> ReleaseOut:
+    release = service.update_release(
+        session, release_id, released=body.released, notes=body.notes, actor=principal.actor
+    )
+    return service.release_out(release)
+
+
+@router.delete("/{release_id}", status_code=204, summary="Delete a release no assignment references")
+def delete_release(release_id: str, session: SessionDep, store: StoreDep, principal: Operator) -> Response:
+    keys = service.delete_release(session, store, release_id, actor=principal.actor)
+    session.commit()
+    service.delete_blobs(store, keys)
+    return Response(status_code=204)

@@ -1,0 +1,20 @@
+"""Imports every model so that ``Base.metadata`` is complete (Alembic, the drift check)."""
+
+from bota_ota.accounts.models import ApiToken, User
+from bota_ota.audit.models import AuditEntry
+from bota_ota.db import Base
+from bota_ota.devices.models import Device
+from bota_ota.firmware.models import Artifact, Release
+from bota_ota.ota.models import Assignment, AssignmentEvent
+
+__all__ = [
+    "ApiToken",
+    "Artifact",
+    "Assignment",
+    "AssignmentEvent",
+    "AuditEntry",
+    "Base",
+    "Device",
+    "Release",
+    "User",
+]

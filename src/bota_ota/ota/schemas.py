@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AssignmentStatus = Literal["pending", "delivered", "applied", "failed", "cancelled"]
+
+
+class AssignmentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    release_id: str = Field(min_length=1, max_length=64)
+
+
+class AssignmentSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    release_id: str
+    version: str
+    status: str
+    created_at: datetime
+    delivered_at: datetime | None
+    ota_state: str | None
+    progress: int | None
+
+
+class AssignmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    device_id: str
+    release_id: str
+    version: str
+    status: str
+    channel: str | None
+    created_at: datetime
+    created_by: str | None
+    delivered_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    ota_state: str | None
+    progress: int | None
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    kind: str
+    status: str
+    detail: dict[str, Any]
+    actor: str | None
+
+
+class AssignmentDetail(AssignmentOut):
+    events: list[EventOut]
+
+
+# ---- the device API ------------------------------------------------------------------------------
+
+OtaState = Literal["downloading", "verifying", "writing", "rebooting", "failed"]
+
+
+class OtaReport(BaseModel):
+    assignment_id: str = Field(min_length=1, max_length=64)
+    state: OtaState
+    progress: int | None = Field(None, ge=0, le=100)
+    error: str | None = Field(None, max_length=500)
+
+
+class Heartbeat(BaseModel):
+    firmware_version: str = Field(min_length=1, max_length=64, examples=["v1.0.0"])
+    recording: bool | None = None
+    battery: int | None = Field(None, ge=0, le=100)
+    network: Literal["wifi", "cellular"] | None = None
+    rssi: int | None = Field(None, ge=-200, le=0)
+    ota: OtaReport | None = None
+
+
+class OtaManifest(BaseModel):
+    assignment_id: str
+    version: str
+    url: str
+    expires_at: datetime
+    size: int
+    crc32: int
+    sha256: str
+
+
+class HeartbeatReply(BaseModel):
+    heartbeat_interval_s: int
+    ota: OtaManifest | None
+    ota_deferred: Literal["recording"] | None = Field(
+        None, description="Why a pending update was not sent in this reply"
+    )

@@ -1,0 +1,184 @@
+"""Assignments: create, cancel, list, and the state machine driven by device heartbeats.
+
+    pending ──deliver (heartbeat reply)──► delivered ──version reported──► applied
+       │  ╲                                   │  ╲
+       │   ╲──version reported──► applied     │   ╲──ota.state=failed──► failed
+       │                                      │
+       └──cancel──► cancelled ◄──cancel───────┘
+
+applied, failed and cancelled are final. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from bota_ota.audit import service as audit
+from bota_ota.db import utcnow
+from bota_ota.devices.models import DEVICE_MODELS, Device
+from bota_ota.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.firmware.models import Release
+from bota_ota.firmware.versions import versions_equal
+from bota_ota.ota.models import (
+    ACTIVE_STATUSES,
+    ASSIGNMENT_STATUSES,
+    FINAL_STATUSES,
+    Assignment,
+    AssignmentEvent,
+)
+
+
+def add_event(assignment: Assignment, kind: str, *, actor: str | None = None, **detail: Any) -> AssignmentEvent:
+    event = AssignmentEvent(kind=kind, status=assignment.status, detail=detail, actor=actor, at=utcnow())
+    assignment.events.append(event)
+    return event
+
+
+def active_assignment(session: Session, device_id: str, *, lock: bool = False) -> Assignment | None:
+    query = select(Assignment).where(Assignment.device_id == device_id, Assignment.status.in_(ACTIVE_STATUSES))
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def create_assignment(session: Session, *, device_id: str, release_id: str, actor: str) -> Assignment:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"device {device_id} not found")
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFound(f"release {release_id} not found", field="release_id")
+    if release.model != device.model:
+        raise ValidationFailed(
+            f"release {release.version} is for {DEVICE_MODELS[release.model]}, but device {device.id} is a "
+            f"{DEVICE_MODELS[device.model]}",
+            field="release_id",
+        )
+    if release.artifact("bin") is None:
+        raise ValidationFailed(
+            f"release {release.version} has no .bin file, so it cannot be delivered over HTTP OTA "
+            "(it can still be installed over Bluetooth from the app)",
+            field="release_id",
+        )
+    existing = active_assignment(session, device.id)
+    if existing is not None:
+        raise _already_active(device.id, existing)
+    assignment = Assignment(
+        device_id=device.id,
+        release_id=release.id,
+        version=release.version,
+        status="pending",
+        created_by=actor,
+        created_at=utcnow(),
+    )
+    add_event(assignment, "created", actor=actor, release_id=release.id, version=release.version)
+    session.add(assignment)
+    try:
+        # The partial unique index is the real guard: of two concurrent requests only one insert lands.
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise _already_active(device.id, active_assignment(session, device.id)) from None
+    audit.record(
+        session,
+        actor=actor,
+        action="assignment.create",
+        target_type="assignment",
+        target_id=assignment.id,
+        detail={"device_id": device.id, "release_id": release.id, "version": release.version},
+    )
+    return assignment
+
+
+def _already_active(device_id: str, existing: Assignment | None) -> Conflict:
+    if existing is None:
+        return Conflict(f"device {device_id} already has an active assignment", field="release_id")
+    return Conflict(
+        f"device {device_id} already has an active assignment ({existing.version}, {existing.status}); cancel it first",
+        field="release_id",
+        active_assignment_id=existing.id,
+    )
+
+
+def get_assignment(
+    session: Session, assignment_id: str, *, with_events: bool = False, lock: bool = False
+) -> Assignment:
+    query = select(Assignment).where(Assignment.id == assignment_id)
+    if with_events:
+        query = query.options(selectinload(Assignment.events))
+    if lock:
+        query = query.with_for_update()
+    assignment = session.scalar(query)
+    if assignment is None:
+        raise NotFound(f"assignment {assignment_id} not found")
+    return assignment
+
+
+def cancel_assignment(session: Session, assignment_id: str, *, actor: str) -> Assignment:
+    assignment = get_assignment(session, assignment_id, lock=True)
+    if assignment.status in FINAL_STATUSES:
+        raise Conflict(
+            f"assignment is already {assignment.status}; only pending or delivered can be cancelled",
+            field="status",
+        )
+    previous = assignment.status
+    assignment.status = "cancelled"
+    assignment.finished_at = utcnow()
+    add_event(assignment, "cancelled", actor=actor, previous=previous)
+    audit.record(
+        session,
+        actor=actor,
+        action="assignment.cancel",
+        target_type="assignment",
+        target_id=assignment.id,
+        detail={"device_id": assignment.device_id, "previous": previous},
+    )
+    session.flush()
+    return assignment
+
+
+def list_assignments(
+    session: Session,
+    *,
+    status: str | None = None,
+    device_id: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[Sequence[Assignment], int]:
+    query = select(Assignment)
+    if status:
+        if status not in ASSIGNMENT_STATUSES:
+            raise ValidationFailed(f"status must be one of {', '.join(ASSIGNMENT_STATUSES)}", field="status")
+        query = query.where(Assignment.status == status)
+    if device_id:
+        query = query.where(Assignment.device_id == device_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(Assignment.created_at.desc(), Assignment.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return rows, total
+
+
+def mark_applied(assignment: Assignment, *, reported_version: str, channel: str, actor: str | None = None) -> None:
+    assignment.status = "applied"
+    assignment.finished_at = utcnow()
+    assignment.ota_state = None
+    assignment.channel = assignment.channel or channel
+    add_event(assignment, "applied", actor=actor, reported_version=reported_version, channel=channel)
+
+
+def mark_failed(assignment: Assignment, *, error: str, channel: str, actor: str | None = None) -> None:
+    assignment.status = "failed"
+    assignment.finished_at = utcnow()
+    assignment.error = error
+    assignment.ota_state = "failed"
+    add_event(assignment, "failed", actor=actor, error=error, channel=channel)
+
+
+def applied_by_version(assignment: Assignment, firmware_version: str) -> bool:
+    return versions_equal(firmware_version, assignment.version)

@@ -1,0 +1,40 @@
+"""Serves locally stored blobs behind HMAC-signed, expiring URLs (the local stand-in for S3 presigning)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+
+from bota_ota.deps import StoreDep
+from bota_ota.errors import Forbidden, NotFound
+from bota_ota.storage.local import DOWNLOAD_PREFIX, LocalBlobStore, verify
+
+router = APIRouter(tags=["downloads"])
+
+
+@router.api_route(
+    DOWNLOAD_PREFIX + "{key:path}",
+    methods=["GET", "HEAD"],
+    response_class=FileResponse,
+    summary="Download a firmware file through a signed URL (supports Range)",
+)
+def download(
+    key: str,
+    store: StoreDep,
+    expires: Annotated[int, Query()],
+    sig: Annotated[str, Query(max_length=128)],
+) -> FileResponse:
+    if not isinstance(store, LocalBlobStore):
+        raise NotFound("downloads are served by the S3 store, not by this server")
+    if not verify(store.secret, key, expires, sig):
+        raise Forbidden("the download URL is invalid or has expired; the next heartbeat brings a fresh one")
+    try:
+        path = store.path_for(key)
+    except ValueError:
+        raise Forbidden("the download URL is invalid") from None
+    if not path.is_file():
+        raise NotFound("the file no longer exists")
+    # Starlette's FileResponse streams in chunks and answers Range requests with 206.
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
