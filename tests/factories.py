@@ -96,3 +96,41 @@ class ApiClient:
 def heartbeat(client: TestClient, device_token: str, **body: Any) -> httpx.Response:
     body.setdefault("firmware_version", "v1.0.0")
     return client.post("/api/device/v1/heartbeat", json=body, headers={"Authorization": f"Bearer {device_token}"})
+
+
+# ---- helpers for the API test suite (appended) ---------------------------------------------------
+
+PROBLEM_KEYS = frozenset({"type", "title", "status", "detail", "instance"})
+
+
+def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    """Assert an RFC 9457 problem reply with this status (and, if given, this first offending field)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body: dict[str, Any] = response.json()
+    assert body.keys() >= PROBLEM_KEYS, body
+    assert body["status"] == status
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["instance"] == response.request.url.path
+    if field is not None:
+        assert body.get("errors"), body
+        assert body["errors"][0]["field"] == field, body
+    return body
+
+
+def files_in(root: os.PathLike[str]) -> list[os.PathLike[str]]:
+    """Every regular file under root (empty when root does not exist)."""
+    from pathlib import Path
+
+    base = Path(root)
+    return sorted(p for p in base.rglob("*") if p.is_file()) if base.exists() else []
+
+
+def post_firmware(api: ApiClient, data: dict[str, str], files: dict[str, Any] | None = None) -> httpx.Response:
+    """A raw multipart upload: exactly these form fields and files, nothing filled in."""
+    return api.post("/api/v1/firmware", data=data, files=files or {})
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import pool
+from sqlalchemy.engine import Connection
 
 from bota_ota.config import Settings
 from bota_ota.db import make_engine
@@ -27,7 +28,7 @@ def run_migrations_offline() -> None:
 _MIGRATION_LOCK_ID = 0x60_7A_07A
 
 
-def _run(connection: object) -> None:
+def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         if context.get_context().dialect.name == "postgresql":

@@ -1,0 +1,45 @@
+# bota-ota developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+PYTEST_ARGS ?=
+
+.PHONY: help serve test test-sqlite test-postgres lint typecheck fmt install clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+install: .venv/.synced ## Install the project and its pinned dependencies into .venv
+
+serve: install ## Run the server on the embedded defaults (SQLite + files under ./data) on http://127.0.0.1:8000
+	.venv/bin/bota-ota serve $(ARGS)
+
+tests/s3server/node_modules/.package-lock.json: tests/s3server/package-lock.json
+	npm ci --prefix tests/s3server --no-audit --no-fund
+	@touch $@
+
+test: install tests/s3server/node_modules/.package-lock.json ## Run the whole test suite (SQLite; PostgreSQL too when BOTA_OTA_TEST_DATABASE_URL is set)
+	scripts/test $(PYTEST_ARGS)
+
+lint: install ## ruff lint + format check
+	.venv/bin/ruff check src tests benchmarks
+	.venv/bin/ruff format --check src tests benchmarks
+
+typecheck: install ## mypy on src/
+	.venv/bin/mypy
+
+fmt: install ## Format and fix lint
+	.venv/bin/ruff format src tests benchmarks
+	.venv/bin/ruff check --fix src tests benchmarks
+
+clean: ## Remove the venv, tools and caches (keeps ./data)
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache tests/s3server/node_modules

@@ -1,0 +1,93 @@
+"""Start a real ``bota-ota serve`` process for end-to-end tests and stop it afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BIN_DIR = Path(sys.executable).parent
+TOKEN_RE = re.compile(r"Admin API token:\s+(\S+)")
+PASSWORD_RE = re.compile(r"Password:\s+(\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[str] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *extra_args: str, timeout: float = 30.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [str(BIN_DIR / "bota-ota"), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+             *extra_args],
+            stdout=log, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become healthy in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path and self.log_path.exists() else ""
+
+    def admin_token_from_output(self) -> str | None:
+        m = TOKEN_RE.search(self.output())
+        return m.group(1) if m else None
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait. uvicorn shuts down gracefully, then re-raises the signal: expect -15."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN_DIR / "bota-ota"), *args], env=env, capture_output=True, text=True, check=check,
+                          timeout=60)
+
+
+def server_env(database_url: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTA_OTA_")}
+    if database_url:
+        env["BOTA_OTA_DATABASE_URL"] = database_url
+    env["COLUMNS"] = "200"
+    env.update(extra)
+    return env
