@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError as DBAPIDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +157,52 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # Last line of defence: input validation should have caught this with the field's name.
+    log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request,
+        422,
+        slug="validation",
+        title="Validation failed",
+        detail="a value in this request cannot be stored (too long, out of range or with invalid characters)",
+    )
+
+
+class RejectNulMiddleware:
+    """Refuse NUL characters in the path or query string before any handler or database sees them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            field = None
+            if "\x00" in scope.get("path", ""):
+                field = "path"
+            else:
+                for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+                    if "\x00" in name or "\x00" in value:
+                        field = f"query.{name.replace(chr(0), '')}"
+                        break
+            if field is not None:
+                request = Request(scope)
+                response = problem_response(
+                    request,
+                    422,
+                    slug="validation",
+                    title="Validation failed",
+                    detail=f"{field}: must not contain NUL characters",
+                    errors=[{"field": field, "message": "must not contain NUL characters"}],
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
+    app.add_middleware(RejectNulMiddleware)
+    app.add_exception_handler(DBAPIDataError, _data_error)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -5,12 +5,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bota_ota.schemas_base import InputModel
+
 Role = Literal["viewer", "operator", "admin"]
 
 
-class TokenCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TokenCreate(InputModel):
     name: str = Field(min_length=1, max_length=100)
     role: Role
 
@@ -31,9 +31,7 @@ class TokenCreated(TokenOut):
     token: str = Field(description="The secret. Shown once; only its hash is stored.")
 
 
-class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UserCreate(InputModel):
     email: str = Field(min_length=3, max_length=254)
     password: str = Field(min_length=8, max_length=200)
     role: Role

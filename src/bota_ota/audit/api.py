@@ -34,7 +34,7 @@ def list_audit(
     target_id: str | None = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AuditOut]:
     rows, total = service.list_entries(
         session, actor=actor, action=action, target_id=target_id, since=since, limit=limit, offset=offset

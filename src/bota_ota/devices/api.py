@@ -36,7 +36,7 @@ def list_devices(
     model: Annotated[str | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
     q: Annotated[str | None, Query(max_length=100, description="Search in id and name")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[DeviceOut]:
     devices, total = service.list_devices(session, model=model, q=q, limit=limit, offset=offset)
     active = service.active_assignments_for(session, [d.id for d in devices])

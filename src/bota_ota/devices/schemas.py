@@ -4,17 +4,16 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from bota_ota.ota.schemas import AssignmentSummary
+from bota_ota.schemas_base import InputModel
 
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DeviceModel = Literal["bota-pin", "bota-pin-pro", "bota-note"]
 
 
-class DeviceCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DeviceCreate(InputModel):
     id: str = Field(description="The device serial, e.g. BP-000123", examples=["BP-000123"])
     model: DeviceModel
     name: str | None = Field(None, max_length=200)

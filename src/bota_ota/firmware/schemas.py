@@ -4,6 +4,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from bota_ota.schemas_base import InputModel
+
 
 class ArtifactOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -26,8 +28,6 @@ class ReleaseOut(BaseModel):
     ufw: ArtifactOut | None
 
 
-class ReleasePatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReleasePatch(InputModel):
     released: bool | None = None
     notes: str | None = None

@@ -24,6 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from bota_ota.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 TEXT_FIELD_LIMIT = 64 * 1024
+MAX_FILENAME = 200
 FORM_OVERHEAD = 1024 * 1024  # headers, boundaries and text fields on top of the files
 
 
@@ -95,6 +96,10 @@ class _FormCollector:
             raise ValidationFailed(f"field {name!r} was sent more than once", field=name)
         if filename is not None or name in self.file_fields:
             part.filename = os.path.basename(filename.decode("utf-8", "replace")) if filename else ""
+            if "\x00" in part.filename or len(part.filename) > MAX_FILENAME:
+                raise ValidationFailed(
+                    f"the {name} file name must be at most {MAX_FILENAME} characters, without NUL", field=name
+                )
             if name not in self.file_fields:
                 raise ValidationFailed(
                     f"unexpected file field {name!r}; send firmware files as {' and '.join(sorted(self.file_fields))}",
@@ -132,9 +137,12 @@ class _FormCollector:
             part.received.sha256 = part.sha.hexdigest()
         elif part.name:
             try:
-                self.form.fields[part.name] = part.text.decode("utf-8")
+                text = part.text.decode("utf-8")
             except UnicodeDecodeError:
                 raise ValidationFailed(f"{part.name} is not valid UTF-8", field=part.name) from None
+            if "\x00" in text:
+                raise ValidationFailed(f"{part.name} must not contain NUL characters", field=part.name)
+            self.form.fields[part.name] = text
 
     def close(self) -> None:
         if self.part.out is not None:

@@ -40,7 +40,7 @@ def device_assignments(
     session: SessionDep,
     _: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AssignmentOut]:
     get_device(session, device_id)
     rows, total = service.list_assignments(session, device_id=device_id, limit=limit, offset=offset)
@@ -55,7 +55,7 @@ def list_assignments(
     _: Viewer,
     status: AssignmentStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AssignmentOut]:
     rows, total = service.list_assignments(session, status=status, limit=limit, offset=offset)
     response.headers["X-Total-Count"] = str(total)

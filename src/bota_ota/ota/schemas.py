@@ -5,12 +5,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bota_ota.schemas_base import InputModel
+
 AssignmentStatus = Literal["pending", "delivered", "applied", "failed", "cancelled"]
 
 
-class AssignmentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AssignmentCreate(InputModel):
     release_id: str = Field(min_length=1, max_length=64)
 
 
@@ -64,14 +64,18 @@ class AssignmentDetail(AssignmentOut):
 OtaState = Literal["downloading", "verifying", "writing", "rebooting", "failed"]
 
 
-class OtaReport(BaseModel):
+class OtaReport(InputModel):
+    model_config = ConfigDict(extra="ignore")
+
     assignment_id: str = Field(min_length=1, max_length=64)
     state: OtaState
     progress: int | None = Field(None, ge=0, le=100)
     error: str | None = Field(None, max_length=500)
 
 
-class Heartbeat(BaseModel):
+class Heartbeat(InputModel):
+    model_config = ConfigDict(extra="ignore")  # newer firmware may send more
+
     firmware_version: str = Field(min_length=1, max_length=64, examples=["v1.0.0"])
     recording: bool | None = None
     battery: int | None = Field(None, ge=0, le=100)
