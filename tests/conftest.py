@@ -22,12 +22,15 @@ from bota_ota.config import Settings
 from bota_ota.db import Base, make_engine, session_scope
 from bota_ota.migrate import upgrade_to_head
 from tests.factories import ApiClient, make_token
+from tests.support.s3rver import S3rverError, S3rverInfo, S3rverProcess
 
 PG_URL = os.environ.get("BOTA_OTA_TEST_DATABASE_URL")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"bota-ota database under test: {'PostgreSQL ' + make_url(PG_URL).render_as_string() if PG_URL else 'SQLite'}"
+    return (
+        f"bota-ota database under test: {'PostgreSQL ' + make_url(PG_URL).render_as_string() if PG_URL else 'SQLite'}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -127,3 +130,15 @@ def session_scope_factory(sessions):  # type: ignore[no-untyped-def]
     return lambda: session_scope(sessions)
 
 
+@pytest.fixture(scope="session")
+def s3rver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3rverInfo]:
+    """One s3rver (node) process for the whole session, on 127.0.0.1 and a port the OS picked."""
+    server = S3rverProcess(tmp_path_factory.mktemp("s3rver"))
+    try:
+        info = server.start()
+    except S3rverError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield info
+    finally:
+        server.stop()

@@ -34,16 +34,20 @@ def test_first_start_prints_admin_once_and_walkthrough(server: ServerProcess, tm
     assert api.get("/api/v1/me").json()["role"] == "admin"
 
     # `token create` prints the token alone as its last line, and the token works.
-    created = cli(server.env, "token", "create", "--name", "ci", "--role", "operator", "--data-dir",
-                  str(server.data_dir))
+    created = cli(
+        server.env, "token", "create", "--name", "ci", "--role", "operator", "--data-dir", str(server.data_dir)
+    )
     op_token = created.stdout.strip().splitlines()[-1]
     assert op_token.startswith("bota_at_")
     op = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {op_token}"}, timeout=10)
     assert op.get("/api/v1/me").json() == {"kind": "token", "name": "ci", "role": "operator"}
 
     image = bytes(range(256)) * 2000
-    r = op.post("/api/v1/firmware", data={"version": "v1.0.1", "model": "bota-pin", "notes": "fixes"},
-                files={"bin": ("pin-1.0.1.bin", image), "ufw": ("pin-1.0.1.ufw", image[:1000])})
+    r = op.post(
+        "/api/v1/firmware",
+        data={"version": "v1.0.1", "model": "bota-pin", "notes": "fixes"},
+        files={"bin": ("pin-1.0.1.bin", image), "ufw": ("pin-1.0.1.ufw", image[:1000])},
+    )
     assert r.status_code == 201, r.text
     release = r.json()
     r = op.post("/api/v1/devices", json={"id": "BP-000123", "model": "bota-pin", "name": "Desk"})
@@ -64,12 +68,20 @@ def test_first_start_prints_admin_once_and_walkthrough(server: ServerProcess, tm
     assert op.get(f"/api/v1/assignments/{a['id']}").json()["status"] == "applied"
 
     # failed path
-    r2 = op.post("/api/v1/firmware", data={"version": "v1.0.2", "model": "bota-pin"},
-                 files={"bin": ("pin-1.0.2.bin", image[::-1])})
+    r2 = op.post(
+        "/api/v1/firmware",
+        data={"version": "v1.0.2", "model": "bota-pin"},
+        files={"bin": ("pin-1.0.2.bin", image[::-1])},
+    )
     a2 = op.post("/api/v1/devices/BP-000123/assignments", json={"release_id": r2.json()["id"]}).json()
     dev.post("/api/device/v1/heartbeat", json={"firmware_version": "v1.0.1"})
-    dev.post("/api/device/v1/heartbeat", json={
-        "firmware_version": "v1.0.1", "ota": {"assignment_id": a2["id"], "state": "failed", "error": "crc_mismatch"}})
+    dev.post(
+        "/api/device/v1/heartbeat",
+        json={
+            "firmware_version": "v1.0.1",
+            "ota": {"assignment_id": a2["id"], "state": "failed", "error": "crc_mismatch"},
+        },
+    )
     failed = op.get(f"/api/v1/assignments/{a2['id']}").json()
     assert (failed["status"], failed["error"]) == ("failed", "crc_mismatch")
 
