@@ -35,7 +35,9 @@ class ManifestSigner:
         if artifact is None:  # the release lost its .bin: cannot happen through the API
             raise NotFound(f"release {assignment.release_id} has no .bin file")
         signed = self.store.signed_get_url(
-            artifact.storage_key, base_url=self.base_url, ttl_s=self.ttl_s,
+            artifact.storage_key,
+            base_url=self.base_url,
+            ttl_s=self.ttl_s,
             # The key's own name ({model}-{version}.bin) is plain ASCII: safe in Content-Disposition.
             filename=artifact.storage_key.rsplit("/", 1)[-1],
         )

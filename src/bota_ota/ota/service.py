@@ -11,6 +11,7 @@ applied, failed and cancelled are final. See docs/architecture.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from bota_ota.audit import service as audit
-from bota_ota.db import utcnow
+from bota_ota.db import new_id, utcnow
 from bota_ota.devices.models import DEVICE_MODELS, Device
 from bota_ota.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.firmware.models import Release
@@ -32,9 +33,21 @@ from bota_ota.ota.models import (
     AssignmentEvent,
 )
 
+log = logging.getLogger(__name__)
+
 
 def add_event(assignment: Assignment, kind: str, *, actor: str | None = None, **detail: Any) -> AssignmentEvent:
     event = AssignmentEvent(kind=kind, status=assignment.status, detail=detail, actor=actor, at=utcnow())
+    if kind != "progress":
+        log.info(
+            "assignment %s device=%s version=%s %s (now %s) %s",
+            assignment.id,
+            assignment.device_id,
+            assignment.version,
+            kind,
+            assignment.status,
+            " ".join(f"{k}={v}" for k, v in detail.items()),
+        )
     assignment.events.append(event)
     return event
 
@@ -69,6 +82,7 @@ def create_assignment(session: Session, *, device_id: str, release_id: str, acto
     if existing is not None:
         raise _already_active(device.id, existing)
     assignment = Assignment(
+        id=new_id(),
         device_id=device.id,
         release_id=release.id,
         version=release.version,
