@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         None,
         description="Base URL devices use to reach this server (for local signed URLs); default: the request's.",
     )
-    signed_url_ttl_s: int = Field(15 * 60, ge=10, le=7 * 24 * 3600)
+    signed_url_ttl_s: int = Field(15 * 60, ge=1, le=7 * 24 * 3600)
     heartbeat_interval_s: int = Field(60, ge=1, le=3600)
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     secret_key: str | None = Field(

@@ -58,9 +58,15 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _py_lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event (below) issue BEGIN itself instead of pysqlite's implicit one.
     dbapi_connection.isolation_level = None
+    # SQLite's built-in lower() folds ASCII only; searches must match "Ärzte" with "ärzte" as on PostgreSQL.
+    dbapi_connection.create_function("lower", 1, _py_lower, deterministic=True)
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
     cursor.execute("PRAGMA journal_mode=WAL")

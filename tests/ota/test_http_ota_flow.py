@@ -34,8 +34,12 @@ def test_pending_delivered_applied(admin: ApiClient) -> None:
     assert part.status_code == 206
     assert part.content == image[100:200]
 
-    heartbeat(admin.client, token, firmware_version="v1.0.0",
-              ota={"assignment_id": assignment["id"], "state": "downloading", "progress": 50})
+    heartbeat(
+        admin.client,
+        token,
+        firmware_version="v1.0.0",
+        ota={"assignment_id": assignment["id"], "state": "downloading", "progress": 50},
+    )
     reply = heartbeat(admin.client, token, firmware_version="v1.0.1").json()
     assert reply["ota"] is None
     detail = admin.get(f"/api/v1/assignments/{assignment['id']}").json()

@@ -42,9 +42,19 @@ class ServerProcess:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [str(BIN_DIR / "bota-ota"), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             *extra_args],
-            stdout=log, stderr=subprocess.STDOUT, text=True, env=self.env,
+            [
+                str(BIN_DIR / "bota-ota"),
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -80,8 +90,9 @@ class ServerProcess:
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN_DIR / "bota-ota"), *args], env=env, capture_output=True, text=True, check=check,
-                          timeout=60)
+    return subprocess.run(
+        [str(BIN_DIR / "bota-ota"), *args], env=env, capture_output=True, text=True, check=check, timeout=60
+    )
 
 
 def server_env(database_url: str | None, **extra: str) -> dict[str, str]:

@@ -101,9 +101,9 @@ def create_user(session: Session, *, email: str, password: str, role: str, actor
         raise ValidationFailed("password must be at least 8 characters", field="password")
     _check_role(role)
     user = User(email=email, password_hash=hash_password(password), role=role)
-    session.add(user)
     try:
         with session.begin_nested():
+            session.add(user)
             session.flush()
     except IntegrityError:
         raise Conflict(f"a user with e-mail {email} already exists", field="email") from None

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -43,6 +43,8 @@ def list_entries(
     if target_id:
         query = query.where(AuditEntry.target_id == target_id)
     if since:
+        if since.tzinfo is None:  # a time without an offset is taken as UTC, like every time we store
+            since = since.replace(tzinfo=UTC)
         query = query.where(AuditEntry.at >= since)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit).offset(offset)).all()

@@ -9,6 +9,7 @@ import typer
 from rich.panel import Panel
 
 from bota_ota import __version__
+from bota_ota.cli import sim as sim_cli
 from bota_ota.cli.common import DataDirOption, console, err_console, load_settings
 
 app = typer.Typer(
@@ -22,6 +23,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
+app.command("simulate")(sim_cli.simulate)
+app.command("assign")(sim_cli.assign)
 
 
 def _version(value: bool) -> None:

@@ -32,9 +32,9 @@ def register_device(
         name=(name or "").strip() or None,
         token_hash=hash_token(token),
     )
-    session.add(device)
     try:
         with session.begin_nested():
+            session.add(device)
             session.flush()
     except IntegrityError:
         raise Conflict(f"device {device_id} is already registered", field="id") from None
@@ -76,8 +76,14 @@ def list_devices(
     if model:
         query = query.where(Device.model == check_model(model))
     if q:
-        pattern = f"%{q.strip().lower()}%"
-        query = query.where(or_(func.lower(Device.id).like(pattern), func.lower(Device.name).like(pattern)))
+        needle = q.strip().lower()
+        # autoescape: "_" and "%" in the search are literal characters, not wildcards.
+        query = query.where(
+            or_(
+                func.lower(Device.id).contains(needle, autoescape=True),
+                func.lower(Device.name).contains(needle, autoescape=True),
+            )
+        )
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
     return rows, total

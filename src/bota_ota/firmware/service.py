@@ -89,9 +89,9 @@ def create_release(session: Session, store: BlobStore, form: ParsedForm, *, acto
     if find_release_by_version(session, model, version) is not None:
         raise Conflict(f"{DEVICE_MODELS[model]} already has a release {version}", field="version")
     release = Release(model=model, version=version, version_key=key, notes=notes, released=released, created_by=actor)
-    session.add(release)
     try:
         with session.begin_nested():
+            session.add(release)
             session.flush()
     except IntegrityError:
         raise Conflict(f"{DEVICE_MODELS[model]} already has a release {version}", field="version") from None
@@ -174,9 +174,9 @@ def delete_release(session: Session, store: BlobStore, release_id: str, *, actor
         target_id=release.id,
         detail={"model": release.model, "version": release.version},
     )
-    session.delete(release)
     try:
         with session.begin_nested():
+            session.delete(release)
             session.flush()
     except IntegrityError:  # an assignment was created concurrently
         raise Conflict(f"release {release.version} is referenced by assignments", field="release_id") from None

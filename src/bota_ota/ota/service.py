@@ -91,10 +91,11 @@ def create_assignment(session: Session, *, device_id: str, release_id: str, acto
         created_at=utcnow(),
     )
     add_event(assignment, "created", actor=actor, release_id=release.id, version=release.version)
-    session.add(assignment)
     try:
         # The partial unique index is the real guard: of two concurrent requests only one insert lands.
+        # The add sits inside the savepoint so a refused insert rolls back only the savepoint.
         with session.begin_nested():
+            session.add(assignment)
             session.flush()
     except IntegrityError:
         raise _already_active(device.id, active_assignment(session, device.id)) from None

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from bota_ota.deps import StoreDep
 from bota_ota.errors import Forbidden, NotFound
 from bota_ota.storage.local import DOWNLOAD_PREFIX, LocalBlobStore, verify
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["downloads"])
 
@@ -21,6 +24,7 @@ router = APIRouter(tags=["downloads"])
     summary="Download a firmware file through a signed URL (supports Range)",
 )
 def download(
+    request: Request,
     key: str,
     store: StoreDep,
     expires: Annotated[int, Query()],
@@ -36,5 +40,6 @@ def download(
         raise Forbidden("the download URL is invalid") from None
     if not path.is_file():
         raise NotFound("the file no longer exists")
+    log.info("download %s range=%s", key, request.headers.get("range", "-"))
     # Starlette's FileResponse streams in chunks and answers Range requests with 206.
     return FileResponse(path, media_type="application/octet-stream", filename=path.name)

@@ -28,7 +28,8 @@ def sign(secret: str, key: str, expires: int) -> str:
 def verify(secret: str, key: str, expires: int, signature: str, now: float | None = None) -> bool:
     if expires < (now if now is not None else time.time()):
         return False
-    return hmac.compare_digest(sign(secret, key, expires), signature)
+    # compare_digest refuses non-ASCII str: compare bytes, so any garbage is simply "not equal".
+    return hmac.compare_digest(sign(secret, key, expires).encode(), signature.encode("utf-8", "replace"))
 
 
 class LocalBlobStore:

@@ -1,0 +1,251 @@
+"""``bota-ota simulate`` and ``bota-ota assign``: a simulated fleet and bulk assignment."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bota_ota.cli.common import console, err_console
+from bota_ota.sim.device import Timing
+from bota_ota.sim.faults import Faults
+from bota_ota.sim.fleet import MODEL_CODES, Fleet, FleetConfig, provision
+from bota_ota.sim.mgmt import MgmtClient, MgmtError
+
+STATES = ("idle", "recording", "downloading", "verifying", "writing", "rebooting")
+STATUSES = ("pending", "delivered", "applied", "failed", "cancelled")
+
+
+def _default_state_file(server: str, prefix: str, model: str) -> Path:
+    safe = server.split("://")[-1].replace("/", "_").replace(":", "_")
+    return Path.home() / ".cache" / "bota-ota" / f"sim-{safe}-{prefix}-{MODEL_CODES[model]}.json"
+
+
+def _view(fleet: Fleet, statuses: dict[str, int], started: float) -> Table:
+    table = Table(title=f"bota-ota simulator — {len(fleet.devices)} devices, {time.monotonic() - started:.0f}s")
+    table.add_column("device state")
+    table.add_column("devices", justify="right")
+    table.add_column("assignment status")
+    table.add_column("assignments", justify="right")
+    states = fleet.states()
+    for i in range(max(len(STATES), len(STATUSES))):
+        s = STATES[i] if i < len(STATES) else ""
+        a = STATUSES[i] if i < len(STATUSES) else ""
+        table.add_row(s, str(states.get(s, 0)) if s else "", a, str(statuses.get(a, "…")) if a else "")
+    stats = fleet.stats()
+    table.caption = (
+        f"heartbeats {stats.heartbeats}  errors {stats.heartbeat_errors}  applied {stats.applied}  "
+        f"failed {sum(stats.failed.values())}  retries {stats.retries}  resumed {stats.resumed}  "
+        f"{stats.bytes / 1e6:.1f} MB"
+    )
+    return table
+
+
+def summary_table(fleet: Fleet, wall_s: float) -> Table:
+    stats = fleet.stats()
+    table = Table(title="Simulation summary", show_header=False)
+    table.add_row("devices", str(len(fleet.devices)))
+    table.add_row("wall time", f"{wall_s:.1f} s")
+    table.add_row("updates applied", str(stats.applied))
+    for reason, count in sorted(stats.failed.items()):
+        table.add_row(f"failed: {reason}", str(count))
+    if not stats.failed:
+        table.add_row("failed", "0")
+    table.add_row("download retries", str(stats.retries))
+    table.add_row("resumed downloads (Range)", str(stats.resumed))
+    table.add_row("expired URLs renewed", str(stats.expired_urls))
+    table.add_row("connections cut by the fault proxy", str(fleet.proxy_cuts))
+    table.add_row("downloaded", f"{stats.bytes / 1e6:.1f} MB")
+    table.add_row("heartbeats (errors)", f"{stats.heartbeats} ({stats.heartbeat_errors})")
+    table.add_row("transfers deferred by recording", str(stats.deferred))
+    versions = ", ".join(f"{v}: {n}" for v, n in fleet.versions().most_common())
+    table.add_row("firmware now", versions)
+    return table
+
+
+def simulate(
+    server: Annotated[str, typer.Option(help="Base URL of the bota-ota server.")] = "http://127.0.0.1:8000",
+    api_token: Annotated[str, typer.Option(envvar="BOTA_OTA_API_TOKEN", help="Operator or admin API token.")] = "",
+    devices: Annotated[int, typer.Option(min=1, max=100_000, help="How many devices.")] = 10,
+    model: Annotated[str, typer.Option(help="bota-pin, bota-pin-pro or bota-note.")] = "bota-pin",
+    interval: Annotated[
+        float | None, typer.Option(min=0.1, help="Heartbeat interval in seconds (default: what the server says).")
+    ] = None,
+    faults: Annotated[
+        str, typer.Option(help="e.g. drop=0.2,corrupt=0.05,expire=0.1,power_loss=0.05,record=0.01,record_s=20")
+    ] = "",
+    seed: Annotated[int | None, typer.Option(help="Random seed, for repeatable runs.")] = None,
+    firmware: Annotated[str, typer.Option(help="Firmware version of newly registered devices.")] = "v1.0.0",
+    prefix: Annotated[str, typer.Option(help="Device id prefix: ids are PREFIX-PIN-00001 ...")] = "SIM",
+    reboot_s: Annotated[float, typer.Option(help="Seconds a reboot takes (no heartbeats meanwhile).")] = 3.0,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    until_done: Annotated[
+        bool, typer.Option(help="Stop once no assignment is pending or delivered and every device is idle.")
+    ] = False,
+    flash_dir: Annotated[Path, typer.Option(help="Where the devices' flash images go.")] = Path("sim-flash"),
+    state_file: Annotated[
+        Path | None, typer.Option(help="Where device tokens are kept for reuse (default under ~/.cache/bota-ota).")
+    ] = None,
+    live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
+    connections: Annotated[int, typer.Option(min=1, help="HTTP connections shared by all devices.")] = 200,
+) -> None:
+    """Run simulated devices that speak the device protocol over HTTP, with optional faults."""
+    if model not in MODEL_CODES:
+        err_console.print(f"[red]error:[/red] --model must be one of {', '.join(MODEL_CODES)}")
+        raise typer.Exit(2)
+    if not api_token:
+        err_console.print("[red]error:[/red] --api-token (or BOTA_OTA_API_TOKEN) is required")
+        raise typer.Exit(2)
+    try:
+        fault_cfg = Faults.parse(faults)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] --faults: {exc}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.WARNING)
+    config = FleetConfig(
+        server=server.rstrip("/"),
+        devices=devices,
+        model=model,
+        prefix=prefix,
+        firmware_version=firmware,
+        faults=fault_cfg,
+        seed=seed,
+        timing=Timing(reboot_s=reboot_s, interval_override_s=interval),
+        flash_dir=flash_dir,
+        state_file=state_file or _default_state_file(server, prefix, model),
+        max_connections=connections,
+    )
+    mgmt = MgmtClient(config.server, api_token)
+    try:
+        mgmt.me()
+    except MgmtError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        err_console.print(f"[red]error:[/red] cannot reach {config.server}: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        asyncio.run(_simulate(config, api_token, mgmt, duration=duration, until_done=until_done, live=live))
+    finally:
+        mgmt.close()
+
+
+async def _simulate(
+    config: FleetConfig, api_token: str, mgmt: MgmtClient, *, duration: float | None, until_done: bool, live: bool
+) -> None:
+    with Progress(
+        TextColumn("registering devices"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("register", total=config.devices)
+        creds = await provision(config, api_token, on_progress=lambda n: progress.advance(task, n))
+    started = time.monotonic()
+    statuses: dict[str, int] = {}
+    async with Fleet(config, creds) as fleet:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, fleet.stop)
+        runner = asyncio.create_task(fleet.run())
+        live_view = Live(_view(fleet, statuses, started), console=console, refresh_per_second=2) if live else None
+        with live_view or contextlib.nullcontext():
+            while not fleet.stop_event.is_set():
+                with contextlib.suppress(Exception):
+                    counts = await asyncio.gather(*(asyncio.to_thread(mgmt.count_assignments, s) for s in STATUSES))
+                    statuses.update(zip(STATUSES, counts, strict=True))
+                if live_view is not None:
+                    live_view.update(Group(_view(fleet, statuses, started)))
+                elapsed = time.monotonic() - started
+                if duration is not None and elapsed >= duration:
+                    break
+                if (
+                    until_done
+                    and elapsed > 2
+                    and statuses.get("pending", 1) == 0
+                    and statuses.get("delivered", 1) == 0
+                    and fleet.states().get("idle", 0) + fleet.states().get("recording", 0) == len(fleet.devices)
+                ):
+                    break
+                await asyncio.sleep(1.0)
+        fleet.stop()
+        await runner
+        console.print(summary_table(fleet, time.monotonic() - started))
+
+
+def assign(
+    release: Annotated[str, typer.Option("--release", help="Release id.")],
+    server: Annotated[str, typer.Option(help="Base URL of the bota-ota server.")] = "http://127.0.0.1:8000",
+    api_token: Annotated[str, typer.Option(envvar="BOTA_OTA_API_TOKEN", help="Operator or admin API token.")] = "",
+    model: Annotated[str | None, typer.Option(help="Assign to every device of this model.")] = None,
+    devices: Annotated[
+        Path | None, typer.Option("--devices", help="File with one device id per line ('-' for stdin).")
+    ] = None,
+) -> None:
+    """Assign one release to many devices; devices with an active assignment are skipped and counted."""
+    if (model is None) == (devices is None):
+        err_console.print("[red]error:[/red] give exactly one of --model or --devices")
+        raise typer.Exit(2)
+    if not api_token:
+        err_console.print("[red]error:[/red] --api-token (or BOTA_OTA_API_TOKEN) is required")
+        raise typer.Exit(2)
+    mgmt = MgmtClient(server, api_token)
+    try:
+        rel = mgmt.get_release(release)
+        if devices is not None:
+            import sys
+
+            lines = (sys.stdin.read() if str(devices) == "-" else devices.read_text()).splitlines()
+            ids = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        else:
+            ids = [d["id"] for d in mgmt.iter_devices(model=model)]
+        counts = {"assigned": 0, "skipped (already active)": 0, "wrong model": 0, "not found": 0, "other errors": 0}
+        errors: list[str] = []
+        with Progress(
+            TextColumn(f"assigning {rel['version']}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("assign", total=len(ids))
+            for device_id in ids:
+                r = mgmt.assign(device_id, release)
+                if r.status_code == 201:
+                    counts["assigned"] += 1
+                elif r.status_code == 409:
+                    counts["skipped (already active)"] += 1
+                elif r.status_code == 422:
+                    counts["wrong model"] += 1
+                elif r.status_code == 404:
+                    counts["not found"] += 1
+                else:
+                    counts["other errors"] += 1
+                    errors.append(f"{device_id}: {r.status_code} {r.text[:200]}")
+                progress.advance(task)
+    except MgmtError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        mgmt.close()
+    table = Table(title=f"Assign {rel['version']} ({rel['model']})", show_header=False)
+    for name, n in counts.items():
+        table.add_row(name, str(n))
+    console.print(table)
+    for line in errors[:20]:
+        err_console.print(line)
+    if counts["other errors"]:
+        raise typer.Exit(1)

@@ -1,0 +1,148 @@
+"""Fault injection for simulated devices.
+
+Faults are probabilities, parsed from ``drop=0.2,corrupt=0.05,expire=0.1,power_loss=0.05,record=0.01``:
+
+- ``drop``: a download's TCP connection is cut at a random point (once per download; the device
+  resumes with a Range request). The cut happens in :class:`FaultProxy`, a small TCP proxy between
+  the device and the server, so the server sees a genuinely broken connection.
+- ``corrupt``: a byte of the downloaded image is flipped on the way in (CRC32 check must catch it).
+- ``expire``: the device waits until the download URL has expired before using it (it must get a
+  fresh URL through the next heartbeat).
+- ``power_loss``: power fails while writing flash; the device comes back on its old version and
+  reports ``failed`` with ``power_loss``.
+- ``record``: chance per heartbeat that a recording session starts (lasting ``record_s`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, fields
+
+log = logging.getLogger(__name__)
+
+CUT_HEADER = b"x-sim-cut-after"
+
+
+@dataclass
+class Faults:
+    drop: float = 0.0
+    corrupt: float = 0.0
+    expire: float = 0.0
+    power_loss: float = 0.0
+    record: float = 0.0
+    record_s: float = 20.0
+
+    @classmethod
+    def parse(cls, text: str | None) -> Faults:
+        faults = cls()
+        if not text:
+            return faults
+        names = {f.name for f in fields(cls)}
+        for item in text.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            name, sep, value = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in names:
+                raise ValueError(f"unknown fault {item!r}; known: {', '.join(sorted(names))} (as name=probability)")
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"fault {name} needs a number, got {value!r}") from None
+            if name != "record_s" and not 0.0 <= number <= 1.0:
+                raise ValueError(f"fault {name} is a probability between 0 and 1, got {number}")
+            if name == "record_s" and number <= 0:
+                raise ValueError("record_s must be positive")
+            setattr(faults, name, number)
+        return faults
+
+    def __str__(self) -> str:
+        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
+
+
+class FaultProxy:
+    """A TCP proxy that forwards one HTTP request per connection and can cut the response short.
+
+    The device asks for a cut with the request header ``X-Sim-Cut-After: N``: the proxy strips that
+    header, forwards the request, relays the response headers and N bytes of the body, then aborts
+    both connections (a TCP reset towards the device, a broken pipe for the server).
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.connections = 0
+        self.cuts = 0
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.server = await asyncio.start_server(self._handle, host, port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        upstream_w: asyncio.StreamWriter | None = None
+        try:
+            head = await client_r.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            cut_after: int | None = None
+            kept = []
+            for line in lines:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == CUT_HEADER:
+                    cut_after = int(value.strip())
+                    continue
+                kept.append(line)
+            upstream_r, upstream_w = await asyncio.open_connection(self.upstream_host, self.upstream_port)
+            upstream_w.write(b"\r\n".join(kept))
+            await upstream_w.drain()
+            pump_up = asyncio.create_task(self._pump(client_r, upstream_w))
+            try:
+                if await self._relay_response(upstream_r, client_w, cut_after):
+                    upstream_w.transport.abort()
+            finally:
+                pump_up.cancel()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError, OSError):
+            pass
+        finally:
+            for writer in (client_w, upstream_w):
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        writer.close()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    async def _relay_response(
+        self, upstream_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, cut_after: int | None
+    ) -> bool:
+        """Relay the response; return True if it was cut short."""
+        head = await upstream_r.readuntil(b"\r\n\r\n")
+        client_w.write(head)
+        sent = 0
+        while data := await upstream_r.read(65536):
+            if cut_after is not None and sent + len(data) >= cut_after:
+                client_w.write(data[: max(0, cut_after - sent)])
+                with contextlib.suppress(Exception):
+                    await client_w.drain()
+                self.cuts += 1
+                client_w.transport.abort()
+                return True
+            client_w.write(data)
+            await client_w.drain()
+            sent += len(data)
+        return False
