@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -49,14 +50,28 @@ def serve(
     data_dir: DataDirOption = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    demo: Annotated[
+        bool,
+        typer.Option(
+            help="Also run 20 simulated devices and assign them a new release (data in ./data-demo, "
+            "heartbeat every 10 s unless BOTA_OTA_HEARTBEAT_INTERVAL_S is set)."
+        ),
+    ] = False,
 ) -> None:
     """Run the server: applies migrations, creates the first admin on an empty database, then serves."""
+    import os
+
     import uvicorn
 
     from bota_ota.bootstrap import prepare_database
 
+    if demo:
+        if data_dir is None and "BOTA_OTA_DATA_DIR" not in os.environ:
+            data_dir = Path("data-demo")
+        os.environ.setdefault("BOTA_OTA_HEARTBEAT_INTERVAL_S", "10")
     settings = load_settings(data_dir)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo fleet's requests are in the access log
     creds = prepare_database(settings)
     if creds is not None:
         console.print(
@@ -72,6 +87,10 @@ def serve(
     db = settings.resolved_database_url.split("@")[-1]
     console.print(f"bota-ota {__version__} on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     console.print(f"database: {db}   storage: {settings.storage_backend}   data dir: {settings.data_dir.resolve()}")
+    if demo:
+        from bota_ota.cli.demo import demo_token, start_demo_thread
+
+        start_demo_thread(f"http://127.0.0.1:{port}", demo_token(settings), settings.data_dir)
     uvicorn.run(
         "bota_ota.app:create_app_from_env",
         factory=True,

@@ -280,7 +280,12 @@ class SimDevice:
 
     async def _download(self, job: Job) -> None:
         self.flash_path.parent.mkdir(parents=True, exist_ok=True)
-        cut_at = self.rng.randint(1, max(1, job.size - 1)) if self.rng.random() < self.faults.drop else None
+        # A drop somewhere in the middle 80% of the file, so there is always something to resume from.
+        cut_at = (
+            self.rng.randint(max(1, job.size // 10), max(1, job.size * 9 // 10))
+            if self.rng.random() < self.faults.drop
+            else None
+        )
         corrupt_at = self.rng.randrange(job.size) if self.rng.random() < self.faults.corrupt else None
         stale_url: str | None = None
         if self.rng.random() < self.faults.expire:

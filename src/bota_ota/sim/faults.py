@@ -139,6 +139,7 @@ class FaultProxy:
                 client_w.write(data[: max(0, cut_after - sent)])
                 with contextlib.suppress(Exception):
                     await client_w.drain()
+                await asyncio.sleep(0.05)  # let the kernel send what was written before the reset
                 self.cuts += 1
                 client_w.transport.abort()
                 return True

@@ -1,0 +1,113 @@
+"""``bota-ota serve --demo``: the server plus 20 simulated devices taking a freshly assigned release."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from bota_ota.accounts.service import create_api_token
+from bota_ota.cli.common import console
+from bota_ota.config import Settings
+from bota_ota.db import make_engine, make_sessionmaker, session_scope
+from bota_ota.firmware.versions import parse_version
+from bota_ota.sim.device import Timing
+from bota_ota.sim.fleet import Fleet, FleetConfig, provision
+from bota_ota.sim.mgmt import MgmtClient
+
+log = logging.getLogger(__name__)
+
+DEMO_DEVICES = 20
+DEMO_MODEL = "bota-pin"
+DEMO_PREFIX = "DEMO"
+
+
+def demo_token(settings: Settings) -> str:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            _, secret = create_api_token(session, name="demo-simulator", role="operator", actor="system:demo")
+    finally:
+        engine.dispose()
+    return secret
+
+
+def _next_version(mgmt: MgmtClient) -> str:
+    versions = [r["version"] for r in mgmt.http.get("/api/v1/firmware", params={"model": DEMO_MODEL}).json()]
+    if not versions:
+        return "v1.0.1"
+    newest = max(parse_version(v) for v in versions)
+    return f"v{newest.bump_patch()}"
+
+
+def run_demo(base_url: str, token: str, data_dir: Path) -> None:
+    """Wait for the server, upload a release, register and assign 20 devices, run them until stopped."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    mgmt = MgmtClient(base_url, token)
+    version = _next_version(mgmt)
+    image = os.urandom(1024 * 1024)
+    r = mgmt.http.post(
+        "/api/v1/firmware",
+        data={"version": version, "model": DEMO_MODEL, "notes": "Demo release for the simulated fleet"},
+        files={"bin": (f"bota-pin-{version}.bin", image), "ufw": (f"bota-pin-{version}.ufw", image[: 512 * 1024])},
+    )
+    r.raise_for_status()
+    release = r.json()
+    config = FleetConfig(
+        server=base_url,
+        devices=DEMO_DEVICES,
+        model=DEMO_MODEL,
+        prefix=DEMO_PREFIX,
+        timing=Timing(reboot_s=5.0),
+        flash_dir=data_dir / "demo-flash",
+        state_file=data_dir / "demo-devices.json",
+        start_spread_s=10.0,
+    )
+    creds = asyncio.run(provision(config, token))
+    assigned = sum(mgmt.assign(c.device_id, release["id"]).status_code == 201 for c in creds)
+    console.print(
+        f"[bold green]Demo:[/bold green] {len(creds)} simulated devices "
+        f"({creds[0].device_id} … {creds[-1].device_id}); "
+        f"release {version} assigned to {assigned} of them. Watch them go pending → delivered → applied:\n"
+        f"  curl -H 'Authorization: Bearer {token}' '{base_url}/api/v1/assignments?status=applied'"
+    )
+
+    async def fleet_main() -> None:
+        async with Fleet(config, creds) as fleet:
+            runner = asyncio.create_task(fleet.run())
+            last = ""
+            while not runner.done():
+                counts = {s: mgmt.count_assignments(s) for s in ("pending", "delivered", "applied", "failed")}
+                line = "  ".join(f"{k} {v}" for k, v in counts.items())
+                if line != last:
+                    console.print(f"[dim]demo assignments:[/dim] {line}")
+                    last = line
+                await asyncio.sleep(2)
+
+    try:
+        asyncio.run(fleet_main())
+    finally:
+        mgmt.close()
+
+
+def start_demo_thread(base_url: str, token: str, data_dir: Path) -> threading.Thread:
+    def target() -> None:
+        try:
+            run_demo(base_url, token, data_dir)
+        except Exception:
+            log.exception("the demo fleet stopped")
+
+    thread = threading.Thread(target=target, name="demo-fleet", daemon=True)
+    thread.start()
+    return thread
