@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+import sqlalchemy.exc
 
 from tests.factories import ApiClient, assert_problem, heartbeat
 
@@ -414,3 +415,26 @@ def test_nul_in_ota_error_is_not_a_server_error(admin: ApiClient, fuzz_world: di
     assert heartbeat(admin.client, token).json()["ota"] is not None
     r = heartbeat(admin.client, token, ota={"assignment_id": aid, "state": "failed", "error": "crc\x00"})
     _assert_no_server_error(r, "ota.error")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlalchemy.exc.OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked")),
+        sqlalchemy.exc.TimeoutError("QueuePool limit of size 20 overflow 20 reached"),
+    ],
+)
+def test_an_overloaded_database_is_a_503_with_retry_after(
+    admin: ApiClient, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    from bota_ota.devices import service as device_service
+
+    def busy(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(device_service, "list_devices", busy)
+    r = admin.get("/api/v1/devices")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["title"] == "Service unavailable"

@@ -21,6 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError as DBAPIDataError
+from sqlalchemy.exc import OperationalError as DBAPIOperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -169,6 +171,21 @@ async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _operational_error(request: Request, exc: Exception) -> JSONResponse:
+    # The database is there but could not serve this request in time (SQLite's write lock held past
+    # the busy timeout, no pooled connection free in time, a PostgreSQL connection dropped): tell the
+    # client to come back, don't crash.
+    log.warning("database busy or unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request,
+        503,
+        slug="unavailable",
+        title="Service unavailable",
+        detail="the database is busy; retry shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
 class RejectNulMiddleware:
     """Refuse NUL characters in the path or query string before any handler or database sees them."""
 
@@ -203,6 +220,8 @@ class RejectNulMiddleware:
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_middleware(RejectNulMiddleware)
     app.add_exception_handler(DBAPIDataError, _data_error)
+    app.add_exception_handler(DBAPIOperationalError, _operational_error)
+    app.add_exception_handler(PoolTimeoutError, _operational_error)
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

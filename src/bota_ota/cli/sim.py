@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Group
 from rich.live import Live
@@ -98,6 +99,7 @@ def simulate(
     ] = None,
     live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
     connections: Annotated[int, typer.Option(min=1, help="HTTP connections shared by all devices.")] = 200,
+    register_only: Annotated[bool, typer.Option(help="Register (or reuse) the devices, then exit.")] = False,
 ) -> None:
     """Run simulated devices that speak the device protocol over HTTP, with optional faults."""
     if model not in MODEL_CODES:
@@ -135,13 +137,30 @@ def simulate(
         err_console.print(f"[red]error:[/red] cannot reach {config.server}: {exc}")
         raise typer.Exit(2) from None
     try:
-        asyncio.run(_simulate(config, api_token, mgmt, duration=duration, until_done=until_done, live=live))
+        asyncio.run(
+            _simulate(
+                config,
+                api_token,
+                mgmt,
+                duration=duration,
+                until_done=until_done,
+                live=live,
+                register_only=register_only,
+            )
+        )
     finally:
         mgmt.close()
 
 
 async def _simulate(
-    config: FleetConfig, api_token: str, mgmt: MgmtClient, *, duration: float | None, until_done: bool, live: bool
+    config: FleetConfig,
+    api_token: str,
+    mgmt: MgmtClient,
+    *,
+    duration: float | None,
+    until_done: bool,
+    live: bool,
+    register_only: bool = False,
 ) -> None:
     with Progress(
         TextColumn("registering devices"),
@@ -153,6 +172,12 @@ async def _simulate(
     ) as progress:
         task = progress.add_task("register", total=config.devices)
         creds = await provision(config, api_token, on_progress=lambda n: progress.advance(task, n))
+    if register_only:
+        console.print(
+            f"{len(creds)} devices ready ({creds[0].device_id} … {creds[-1].device_id}); "
+            f"tokens kept in {config.state_file}"
+        )
+        return
     started = time.monotonic()
     statuses: dict[str, int] = {}
     async with Fleet(config, creds) as fleet:
@@ -223,7 +248,13 @@ def assign(
         ) as progress:
             task = progress.add_task("assign", total=len(ids))
             for device_id in ids:
-                r = mgmt.assign(device_id, release)
+                try:
+                    r = mgmt.assign(device_id, release)
+                except httpx.HTTPError as exc:
+                    counts["other errors"] += 1
+                    errors.append(f"{device_id}: {exc!r}")
+                    progress.advance(task)
+                    continue
                 if r.status_code == 201:
                     counts["assigned"] += 1
                 elif r.status_code == 409:

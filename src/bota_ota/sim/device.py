@@ -92,6 +92,38 @@ class Job:
         )
 
 
+@dataclass
+class Network:
+    """The device side of the network: HTTP clients and how many requests may be in flight at once.
+
+    The slots matter with thousands of devices in one process: httpcore scans its whole queue of waiting
+    requests each time a connection frees up, so letting 10,000 requests queue there costs O(n²) CPU.
+    Waiting on a semaphore first keeps that queue no longer than the pool.
+    """
+
+    heartbeats: httpx.AsyncClient
+    downloads: httpx.AsyncClient
+    heartbeat_slots: asyncio.Semaphore
+    download_slots: asyncio.Semaphore
+
+    @classmethod
+    def create(cls, server: str, *, heartbeat_connections: int = 200, download_connections: int = 50) -> Network:
+        def client(n: int) -> httpx.AsyncClient:
+            limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+            return httpx.AsyncClient(base_url=server, limits=limits, timeout=httpx.Timeout(30, connect=10))
+
+        return cls(
+            heartbeats=client(heartbeat_connections),
+            downloads=client(download_connections),
+            heartbeat_slots=asyncio.Semaphore(heartbeat_connections),
+            download_slots=asyncio.Semaphore(download_connections),
+        )
+
+    async def aclose(self) -> None:
+        await self.heartbeats.aclose()
+        await self.downloads.aclose()
+
+
 class DownloadFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -106,7 +138,7 @@ class SimDevice:
         token: str,
         model: str,
         firmware_version: str,
-        http: httpx.AsyncClient,
+        net: Network,
         flash_dir: Path,
         faults: Faults | None = None,
         rng: random.Random | None = None,
@@ -117,7 +149,7 @@ class SimDevice:
         self.token = token
         self.model = model
         self.firmware_version = firmware_version
-        self.http = http
+        self.net = net
         self.flash_path = flash_dir / f"{device_id}.img"
         self.faults = faults or Faults()
         self.rng = rng or random.Random()
@@ -180,9 +212,10 @@ class SimDevice:
         if report is not None:
             body["ota"] = report
         try:
-            r = await self.http.post(
-                "/api/device/v1/heartbeat", json=body, headers={"Authorization": f"Bearer {self.token}"}
-            )
+            async with self.net.heartbeat_slots:
+                r = await self.net.heartbeats.post(
+                    "/api/device/v1/heartbeat", json=body, headers={"Authorization": f"Bearer {self.token}"}
+                )
         except httpx.HTTPError as exc:
             self.stats.heartbeat_errors += 1
             log.debug("%s heartbeat failed: %s", self.device_id, exc)
@@ -306,32 +339,37 @@ class SimDevice:
                     cut_at = None
                 url, extra = self._route(url)
                 headers.update(extra)
+                expired = False
                 try:
-                    async with self.http.stream("GET", url, headers=headers) as r:
+                    async with self.net.download_slots, self.net.downloads.stream("GET", url, headers=headers) as r:
                         if r.status_code == 403:
                             await r.aread()
-                            self.stats.expired_urls += 1
-                            await self._wait_for_fresh_url()
-                            continue
-                        if r.status_code not in (200, 206):
-                            raise httpx.HTTPStatusError(f"status {r.status_code}", request=r.request, response=r)
-                        if offset and r.status_code == 200:  # the server ignored Range: start over
-                            offset = 0
-                            out.seek(0)
-                            out.truncate()
-                        if offset:
-                            self.stats.resumed += 1
-                        async for chunk in r.aiter_bytes(CHUNK):
-                            if corrupt_at is not None and offset <= corrupt_at < offset + len(chunk):
-                                flip = corrupt_at - offset
-                                chunk = chunk[:flip] + bytes([chunk[flip] ^ 0xFF]) + chunk[flip + 1 :]
-                                corrupt_at = None
-                            out.write(chunk)
-                            offset += len(chunk)
-                            self.stats.bytes += len(chunk)
-                            self.progress = min(100, offset * 100 // max(1, job.size))
-                            if self.ota_report is not None:
-                                self.ota_report["progress"] = self.progress
+                            expired = True
+                        else:
+                            if r.status_code not in (200, 206):
+                                raise httpx.HTTPStatusError(f"status {r.status_code}", request=r.request, response=r)
+                            if offset and r.status_code == 200:  # the server ignored Range: start over
+                                offset = 0
+                                out.seek(0)
+                                out.truncate()
+                            if offset:
+                                self.stats.resumed += 1
+                            async for chunk in r.aiter_bytes(CHUNK):
+                                if corrupt_at is not None and offset <= corrupt_at < offset + len(chunk):
+                                    flip = corrupt_at - offset
+                                    chunk = chunk[:flip] + bytes([chunk[flip] ^ 0xFF]) + chunk[flip + 1 :]
+                                    corrupt_at = None
+                                out.write(chunk)
+                                offset += len(chunk)
+                                self.stats.bytes += len(chunk)
+                                self.progress = min(100, offset * 100 // max(1, job.size))
+                                if self.ota_report is not None:
+                                    self.ota_report["progress"] = self.progress
+                    if expired:
+                        # Outside the download slot: waiting for the next heartbeat must not hold it.
+                        self.stats.expired_urls += 1
+                        await self._wait_for_fresh_url()
+                        continue
                     if offset < job.size:
                         raise httpx.RemoteProtocolError("connection closed before the whole file arrived")
                 except httpx.HTTPError as exc:

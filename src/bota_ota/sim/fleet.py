@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bota_ota.sim.device import DeviceStats, SimDevice, Timing
+from bota_ota.sim.device import DeviceStats, Network, SimDevice, Timing
 from bota_ota.sim.faults import FaultProxy, Faults
 
 log = logging.getLogger(__name__)
@@ -126,13 +126,14 @@ class Fleet:
         self.credentials = credentials
         self.devices: list[SimDevice] = []
         self.proxies: dict[tuple[str, int], FaultProxy] = {}
-        self.http: httpx.AsyncClient | None = None
+        self.net: Network | None = None
         self.stop_event = asyncio.Event()
 
     async def __aenter__(self) -> Fleet:
         cfg = self.config
-        limits = httpx.Limits(max_connections=cfg.max_connections, max_keepalive_connections=cfg.max_connections)
-        self.http = httpx.AsyncClient(base_url=cfg.server, limits=limits, timeout=httpx.Timeout(30, connect=10))
+        self.net = Network.create(
+            cfg.server, heartbeat_connections=cfg.max_connections, download_connections=max(4, cfg.max_connections // 4)
+        )
         if cfg.faults.drop > 0:
             parts = urlsplit(cfg.server)
             port = parts.port or 80
@@ -149,7 +150,7 @@ class Fleet:
                     token=cred.token,
                     model=cfg.model,
                     firmware_version=cred.firmware_version,
-                    http=self.http,
+                    net=self.net,
                     flash_dir=cfg.flash_dir,
                     faults=cfg.faults,
                     rng=random.Random(seed_rng.getrandbits(64)),
@@ -163,8 +164,8 @@ class Fleet:
         self.stop_event.set()
         for proxy in set(self.proxies.values()):
             await proxy.stop()
-        if self.http is not None:
-            await self.http.aclose()
+        if self.net is not None:
+            await self.net.aclose()
 
     def device(self, device_id: str) -> SimDevice:
         return next(d for d in self.devices if d.device_id == device_id)
@@ -172,7 +173,9 @@ class Fleet:
     async def run(self) -> None:
         spread = self.config.start_spread_s
         if spread is None:
-            spread = min(self.config.timing.interval_override_s or 5.0, 5.0)
+            # Devices do not all boot in the same second: at most ~100 first heartbeats a second, and
+            # never more than one interval apart.
+            spread = min(max(len(self.devices) / 100, 0.5), self.config.timing.interval_override_s or 60.0)
         rng = random.Random(self.config.seed)
         await asyncio.gather(*(d.run(self.stop_event, first_delay_s=rng.uniform(0, spread)) for d in self.devices))
 

@@ -1,0 +1,91 @@
+"""``bota-ota simulate`` and ``bota-ota assign`` as a user runs them, against a real server process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sim.conftest import SimServer
+
+pytestmark = pytest.mark.e2e
+
+BOTA = str(Path(sys.executable).parent / "bota-ota")
+
+
+def run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BOTA, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_register_assign_simulate_until_done(sim_server: SimServer, tmp_path: Path) -> None:
+    env = {**sim_server.proc.env, "COLUMNS": "160"}
+    common = [
+        "--server",
+        sim_server.url,
+        "--api-token",
+        sim_server.token,
+        "--state-file",
+        str(tmp_path / "st.json"),
+        "--flash-dir",
+        str(tmp_path / "flash"),
+        "--no-live",
+        "--reboot-s",
+        "0.3",
+    ]
+    first = run("simulate", "--devices", "6", "--duration", "1", *common, env=env)
+    assert first.returncode == 0, first.stderr
+    devices = sim_server.api.get("/api/v1/devices", params={"q": "SIM-PIN-"}).json()
+    assert len(devices) == 6
+
+    release = sim_server.release("v3.0.0")
+    assigned = run(
+        "assign",
+        "--server",
+        sim_server.url,
+        "--api-token",
+        sim_server.token,
+        "--release",
+        release["id"],
+        "--model",
+        "bota-pin",
+        env=env,
+    )
+    assert assigned.returncode == 0, assigned.stderr
+    assert "assigned                 │ 6" in assigned.stdout
+    again = run(
+        "assign",
+        "--server",
+        sim_server.url,
+        "--api-token",
+        sim_server.token,
+        "--release",
+        release["id"],
+        "--model",
+        "bota-pin",
+        env=env,
+    )
+    assert "skipped (already active) │ 6" in again.stdout
+
+    # Reuses the six devices (their tokens are in the state file) and stops when all are done.
+    done = run("simulate", "--devices", "6", "--until-done", "--faults", "drop=0.5", "--seed", "4", *common, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "updates applied" in done.stdout
+    assert "v3.0.0: 6" in done.stdout
+    assert len(sim_server.api.get("/api/v1/devices", params={"q": "SIM-PIN-"}).json()) == 6
+    applied = sim_server.api.get("/api/v1/assignments", params={"status": "applied"})
+    assert applied.headers["X-Total-Count"] == "6"
+
+
+def test_simulate_refuses_bad_faults_and_tokens(sim_server: SimServer) -> None:
+    env = sim_server.proc.env
+    bad = run("simulate", "--server", sim_server.url, "--api-token", sim_server.token, "--faults", "drop=7", env=env)
+    assert bad.returncode == 2
+    assert "between 0 and 1" in bad.stderr
+    unknown = run("simulate", "--server", sim_server.url, "--api-token", "bota_at_nope", env=env)
+    assert unknown.returncode == 2
+    assert "401" in unknown.stderr
+    both = run("assign", "--server", sim_server.url, "--api-token", sim_server.token, "--release", "x", env=env)
+    assert both.returncode == 2
+    assert "exactly one of --model or --devices" in both.stderr
