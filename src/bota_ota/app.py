@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlalchemy import text
 
+import bota_ota.models  # noqa: F401  (every model registered before mappers configure)
 from bota_ota import __version__
 from bota_ota.accounts.api import router as accounts_router
 from bota_ota.audit.api import router as audit_router
@@ -19,6 +20,8 @@ from bota_ota.deps import AppContext, CtxDep
 from bota_ota.devices.api import router as devices_router
 from bota_ota.errors import install_problem_handlers
 from bota_ota.firmware.api import router as firmware_router
+from bota_ota.mobile.api import mgmt_router as app_users_router
+from bota_ota.mobile.api import router as mobile_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.device_api import router as device_router
 from bota_ota.storage import make_blob_store
@@ -61,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         accounts_router,
         audit_router,
         download_router,
+        mobile_router,
+        app_users_router,
     ):
         app.include_router(router)
 

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     )
     signed_url_ttl_s: int = Field(15 * 60, ge=1, le=7 * 24 * 3600)
     heartbeat_interval_s: int = Field(60, ge=1, le=3600)
+    ble_relay_timeout_s: int = Field(
+        180, ge=5, le=86400, description="BLE mode ends when the app relays nothing for this long."
+    )
+    app_token_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="Lifetime of a mobile-app login.")
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     secret_key: str | None = Field(
         None,

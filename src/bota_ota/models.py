@@ -3,18 +3,22 @@
 from bota_ota.accounts.models import ApiToken, User
 from bota_ota.audit.models import AuditEntry
 from bota_ota.db import Base
-from bota_ota.devices.models import Device
+from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.firmware.models import Artifact, Release
+from bota_ota.mobile.models import AppToken, AppUser
 from bota_ota.ota.models import Assignment, AssignmentEvent
 
 __all__ = [
     "ApiToken",
+    "AppToken",
+    "AppUser",
     "Artifact",
     "Assignment",
     "AssignmentEvent",
     "AuditEntry",
     "Base",
     "Device",
+    "DeviceEvent",
     "Release",
     "User",
 ]

@@ -35,3 +35,17 @@ def verify_password(password_hash: str, password: str) -> bool:
 
 def new_password() -> str:
     return secrets.token_urlsafe(15)
+
+
+# Claim codes are read off a label or a screen and typed in: no 0/O, 1/I/L.
+CLAIM_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+
+
+def new_claim_code() -> str:
+    raw = "".join(secrets.choice(CLAIM_ALPHABET) for _ in range(8))
+    return f"{raw[:4]}-{raw[4:]}"
+
+
+def hash_claim_code(code: str) -> str:
+    """Codes compare case-insensitively and without dashes or spaces."""
+    return hash_token(code.strip().upper().replace("-", "").replace(" ", ""))

@@ -4,11 +4,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from bota_ota.config import Settings
 from bota_ota.deps import Operator, SessionDep, SettingsDep, Viewer
 from bota_ota.devices import service
-from bota_ota.devices.schemas import DeviceCreate, DeviceCreated, DeviceOut, DeviceToken
+from bota_ota.devices.models import Device
+from bota_ota.devices.schemas import DeviceCreate, DeviceCreated, DeviceEventOut, DeviceOut, DeviceToken
+from bota_ota.ota.models import Assignment
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+
+
+def _out(device: Device, active: Assignment | None, settings: Settings) -> DeviceOut:
+    return service.device_out(
+        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
 
 
 @router.post(
@@ -20,11 +29,13 @@ router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 def register_device(
     body: DeviceCreate, session: SessionDep, settings: SettingsDep, principal: Operator
 ) -> DeviceCreated:
-    device, token = service.register_device(
+    device, token, claim_code = service.register_device(
         session, device_id=body.id, model=body.model, name=body.name, actor=principal.actor
     )
-    out = service.device_out(device, None, online_window_s=settings.online_window_s)
-    return DeviceCreated(**out.model_dump(), token=token)
+    out = service.device_out(
+        device, None, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
+    return DeviceCreated(**out.model_dump(), token=token, claim_code=claim_code)
 
 
 @router.get("", response_model=list[DeviceOut], summary="List devices (total count in X-Total-Count)")
@@ -41,14 +52,21 @@ def list_devices(
     devices, total = service.list_devices(session, model=model, q=q, limit=limit, offset=offset)
     active = service.active_assignments_for(session, [d.id for d in devices])
     response.headers["X-Total-Count"] = str(total)
-    return [service.device_out(d, active.get(d.id), online_window_s=settings.online_window_s) for d in devices]
+    return [
+        service.device_out(
+            d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+        )
+        for d in devices
+    ]
 
 
 @router.get("/{device_id}", response_model=DeviceOut)
 def get_device(device_id: str, session: SessionDep, settings: SettingsDep, _: Viewer) -> DeviceOut:
     device = service.get_device(session, device_id)
     active = service.active_assignments_for(session, [device.id]).get(device.id)
-    return service.device_out(device, active, online_window_s=settings.online_window_s)
+    return service.device_out(
+        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
 
 
 @router.post(
@@ -59,3 +77,15 @@ def get_device(device_id: str, session: SessionDep, settings: SettingsDep, _: Vi
 def rotate_device_token(device_id: str, session: SessionDep, principal: Operator) -> DeviceToken:
     token = service.rotate_token(session, device_id, actor=principal.actor)
     return DeviceToken(id=device_id, token=token)
+
+
+@router.get(
+    "/{device_id}/events",
+    response_model=list[DeviceEventOut],
+    summary="The device's history outside assignments (BLE sessions and transfers, ownership), newest first",
+)
+def device_events(
+    device_id: str, session: SessionDep, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[DeviceEventOut]:
+    service.get_device(session, device_id)
+    return [DeviceEventOut.model_validate(e) for e in service.list_device_events(session, device_id, limit=limit)]

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Boolean, CheckConstraint, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bota_ota.db import Base, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from bota_ota.mobile.models import AppUser
 
 DEVICE_MODELS: dict[str, str] = {
     "bota-pin": "Bota Pin",
@@ -31,3 +35,23 @@ class Device(Base):
     network: Mapped[str | None] = mapped_column(String(16))
     rssi: Mapped[int | None] = mapped_column(Integer)
     ble_connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    ble_last_relay_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Ownership by an app user: set by an operator, or claimed in the app with the claim code.
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("app_users.id", ondelete="SET NULL"), index=True)
+    claim_code_hash: Mapped[str | None] = mapped_column(String(64))
+
+    owner: Mapped[AppUser | None] = relationship(lazy="selectin")
+
+
+class DeviceEvent(Base):
+    """A device's history outside assignments: BLE sessions, BLE transfer attempts, ownership."""
+
+    __tablename__ = "device_events"
+    __table_args__ = (Index("ix_device_events_device_id_seq", "device_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

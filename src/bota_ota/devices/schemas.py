@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bota_ota.ota.schemas import AssignmentSummary
 from bota_ota.schemas_base import InputModel
@@ -40,13 +40,26 @@ class DeviceOut(BaseModel):
     battery: int | None
     rssi: int | None
     ble_connected: bool
+    owner: str | None = Field(None, description="E-mail of the app user who owns the device")
     active_assignment: AssignmentSummary | None
 
 
 class DeviceCreated(DeviceOut):
     token: str = Field(description="The device's bearer token. Shown once; only its hash is stored.")
+    claim_code: str = Field(
+        description="Lets the owner claim the device in the app (e.g. printed on its box). Shown once."
+    )
 
 
 class DeviceToken(BaseModel):
     id: str
     token: str
+
+
+class DeviceEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    kind: str
+    actor: str | None
+    detail: dict[str, Any]

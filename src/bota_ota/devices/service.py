@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -9,24 +10,27 @@ from sqlalchemy.orm import Session
 
 from bota_ota.audit import service as audit
 from bota_ota.db import utcnow
-from bota_ota.devices.models import Device
+from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.devices.schemas import DeviceOut
 from bota_ota.errors import Conflict, NotFound
 from bota_ota.firmware.service import check_model
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
 from bota_ota.ota.schemas import AssignmentSummary
-from bota_ota.security import hash_token, new_token
+from bota_ota.security import hash_claim_code, hash_token, new_claim_code, new_token
 
 DEVICE_TOKEN_PREFIX = "bota_dt"
 
 
 def register_device(
     session: Session, *, device_id: str, model: str, name: str | None, actor: str
-) -> tuple[Device, str]:
+) -> tuple[Device, str, str]:
+    """Register a device; returns it with its token and its claim code (both shown once)."""
     if session.get(Device, device_id) is not None:
         raise Conflict(f"device {device_id} is already registered", field="id")
     token = new_token(DEVICE_TOKEN_PREFIX)
+    claim_code = new_claim_code()
     device = Device(
+        claim_code_hash=hash_claim_code(claim_code),
         id=device_id,
         model=check_model(model),
         name=(name or "").strip() or None,
@@ -46,7 +50,21 @@ def register_device(
         target_id=device.id,
         detail={"model": model, "name": device.name},
     )
-    return device, token
+    return device, token, claim_code
+
+
+def record_device_event(
+    session: Session, device_id: str, kind: str, *, actor: str | None = None, **detail: Any
+) -> DeviceEvent:
+    event = DeviceEvent(device_id=device_id, kind=kind, actor=actor, detail=detail, at=utcnow())
+    session.add(event)
+    return event
+
+
+def list_device_events(session: Session, device_id: str, *, limit: int = 100) -> Sequence[DeviceEvent]:
+    return session.scalars(
+        select(DeviceEvent).where(DeviceEvent.device_id == device_id).order_by(DeviceEvent.seq.desc()).limit(limit)
+    ).all()
 
 
 def get_device(session: Session, device_id: str) -> Device:
@@ -104,7 +122,16 @@ def is_online(last_seen_at: datetime | None, window_s: int, now: datetime | None
     return (now or utcnow()) - last_seen_at <= timedelta(seconds=window_s)
 
 
-def device_out(device: Device, active: Assignment | None, *, online_window_s: int) -> DeviceOut:
+def ble_active(device: Device, timeout_s: int, now: datetime | None = None) -> bool:
+    """BLE mode ends on the app's word, on the device's own heartbeat, or after ``timeout_s`` with no relay."""
+    if not device.ble_connected or device.ble_last_relay_at is None:
+        return False
+    return (now or utcnow()) - device.ble_last_relay_at <= timedelta(seconds=timeout_s)
+
+
+def device_out(
+    device: Device, active: Assignment | None, *, online_window_s: int, ble_timeout_s: int = 180
+) -> DeviceOut:
     return DeviceOut(
         id=device.id,
         model=device.model,
@@ -117,6 +144,7 @@ def device_out(device: Device, active: Assignment | None, *, online_window_s: in
         network=device.network,
         battery=device.battery,
         rssi=device.rssi,
-        ble_connected=device.ble_connected,
+        ble_connected=ble_active(device, ble_timeout_s),
+        owner=device.owner.email if device.owner else None,
         active_assignment=AssignmentSummary.model_validate(active) if active else None,
     )

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from bota_ota.db import utcnow
 from bota_ota.devices.models import Device
+from bota_ota.devices.service import record_device_event
 from bota_ota.errors import NotFound
 from bota_ota.firmware.models import Release
 from bota_ota.ota import service
@@ -69,6 +70,8 @@ def apply_telemetry(device: Device, hb: Heartbeat, *, via_ble: bool) -> None:
 def handle_heartbeat(
     session: Session, device: Device, hb: Heartbeat, signer: ManifestSigner, *, interval_s: int
 ) -> HeartbeatReply:
+    if device.ble_connected:  # the device speaks for itself again: BLE mode is over
+        record_device_event(session, device.id, "ble.disconnected", reason="device heartbeat")
     apply_telemetry(device, hb, via_ble=False)
     reply = HeartbeatReply(heartbeat_interval_s=interval_s, ota=None)
     assignment = service.active_assignment(session, device.id, lock=True)

@@ -1,0 +1,158 @@
+"""The mobile-app API (/api/app/v1), documented exactly in docs/app-api.md, and its management routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bota_ota.deps import Operator, SessionDep, SettingsDep, StoreDep, Viewer, base_url, bearer_secret
+from bota_ota.devices.schemas import DeviceOut
+from bota_ota.devices.service import active_assignments_for, device_out
+from bota_ota.errors import Unauthorized
+from bota_ota.mobile import service
+from bota_ota.mobile.models import AppUser
+from bota_ota.mobile.schemas import (
+    AppDevice,
+    AppUserCreate,
+    AppUserOut,
+    BleMode,
+    BleOta,
+    BleOtaReply,
+    Claim,
+    FirmwareUpdate,
+    Login,
+    LoginReply,
+    OwnerSet,
+    RelayReply,
+)
+from bota_ota.ota.schemas import Heartbeat
+
+router = APIRouter(prefix="/api/app/v1", tags=["mobile app"])
+mgmt_router = APIRouter(prefix="/api/v1", tags=["app users"])
+
+_app_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AppToken",
+    description="A mobile-app session token from /api/app/v1/auth/login (bota_ap_...)",
+)
+
+
+def current_app_user(
+    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_app_bearer)]
+) -> AppUser:
+    user = service.authenticate_app_token(session, bearer_secret(credentials))
+    if user is None:
+        raise Unauthorized("the app session is unknown or has expired; log in again")
+    return user
+
+
+AppUserDep = Annotated[AppUser, Depends(current_app_user)]
+
+
+def _actor(user: AppUser) -> str:
+    return f"app:{user.email}"
+
+
+@router.post("/auth/login", response_model=LoginReply, summary="Log in; the token authorises the other calls")
+def login(body: Login, session: SessionDep, settings: SettingsDep) -> LoginReply:
+    secret, token = service.login(session, email=body.email, password=body.password, ttl_s=settings.app_token_ttl_s)
+    return LoginReply(token=secret, expires_at=token.expires_at)
+
+
+@router.get("/devices", response_model=list[AppDevice], summary="The devices this user owns")
+def my_devices(user: AppUserDep, session: SessionDep, settings: SettingsDep) -> list[AppDevice]:
+    from sqlalchemy import select
+
+    from bota_ota.devices.models import Device
+
+    devices = session.scalars(select(Device).where(Device.owner_id == user.id).order_by(Device.id)).all()
+    return [service.app_device(d, ble_timeout_s=settings.ble_relay_timeout_s) for d in devices]
+
+
+@router.post("/devices/claim", response_model=AppDevice, summary="Claim a device with its claim code")
+def claim(body: Claim, user: AppUserDep, session: SessionDep, settings: SettingsDep) -> AppDevice:
+    device = service.claim_device(session, user, body.id.strip(), body.claim_code)
+    return service.app_device(device, ble_timeout_s=settings.ble_relay_timeout_s)
+
+
+@router.get("/devices/{device_id}", response_model=AppDevice)
+def get_device(device_id: str, user: AppUserDep, session: SessionDep, settings: SettingsDep) -> AppDevice:
+    return service.app_device(
+        service.owned_device(session, user, device_id), ble_timeout_s=settings.ble_relay_timeout_s
+    )
+
+
+@router.get(
+    "/devices/{device_id}/firmware-update",
+    response_model=FirmwareUpdate,
+    summary="Is there firmware to install over Bluetooth? (.ufw with a signed download URL)",
+)
+def firmware_update(
+    device_id: str, request: Request, user: AppUserDep, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> FirmwareUpdate:
+    device = service.owned_device(session, user, device_id)
+    return service.firmware_update(
+        session, device, store, base_url=base_url(request, settings), ttl_s=settings.signed_url_ttl_s
+    )
+
+
+@router.post(
+    "/devices/{device_id}/relay",
+    response_model=RelayReply,
+    summary="Relay the BLE-connected device's heartbeat (never returns an OTA manifest)",
+)
+def relay(device_id: str, body: Heartbeat, user: AppUserDep, session: SessionDep, settings: SettingsDep) -> RelayReply:
+    device = service.owned_device(session, user, device_id, lock=True)
+    service.relay(session, device, body, actor=_actor(user))
+    return RelayReply(heartbeat_interval_s=settings.heartbeat_interval_s, ota=None, ble_connected=True)
+
+
+@router.post("/devices/{device_id}/ble", response_model=AppDevice, summary="Start or end BLE mode")
+def ble_mode(device_id: str, body: BleMode, user: AppUserDep, session: SessionDep, settings: SettingsDep) -> AppDevice:
+    device = service.owned_device(session, user, device_id, lock=True)
+    service.set_ble_mode(session, device, body.connected, actor=_actor(user))
+    return service.app_device(device, ble_timeout_s=settings.ble_relay_timeout_s)
+
+
+@router.post(
+    "/devices/{device_id}/ble-ota",
+    response_model=BleOtaReply,
+    summary="Record a Bluetooth transfer attempt (started, completed or failed)",
+)
+def ble_ota(device_id: str, body: BleOta, user: AppUserDep, session: SessionDep) -> BleOtaReply:
+    device = service.owned_device(session, user, device_id, lock=True)
+    assignment_id, status = service.record_ble_ota(session, device, body, actor=_actor(user))
+    return BleOtaReply(recorded=True, assignment_id=assignment_id, assignment_status=status)
+
+
+# ---- management side ----------------------------------------------------------------------------------
+
+
+@mgmt_router.post("/app-users", status_code=201, response_model=AppUserOut, summary="Create a mobile-app user")
+def create_app_user(body: AppUserCreate, session: SessionDep, principal: Operator) -> AppUserOut:
+    user = service.create_app_user(session, email=body.email, password=body.password, actor=principal.actor)
+    return AppUserOut(id=user.id, email=user.email, created_at=user.created_at, devices=0)
+
+
+@mgmt_router.get(
+    "/app-users", response_model=list[AppUserOut], summary="Mobile-app users and how many devices each owns"
+)
+def list_app_users(session: SessionDep, _: Viewer) -> list[AppUserOut]:
+    return [
+        AppUserOut(id=u.id, email=u.email, created_at=u.created_at, devices=n)
+        for u, n in service.list_app_users(session)
+    ]
+
+
+@mgmt_router.put("/devices/{device_id}/owner", response_model=DeviceOut, summary="Set (or clear) a device's owner")
+def set_owner(
+    device_id: str, body: OwnerSet, session: SessionDep, settings: SettingsDep, principal: Operator
+) -> DeviceOut:
+    device = service.set_owner(session, device_id, body.email, actor=principal.actor)
+    active = active_assignments_for(session, [device.id]).get(device.id)
+    session.refresh(device)
+    return device_out(
+        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )

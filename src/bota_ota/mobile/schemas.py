@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from bota_ota.schemas_base import InputModel
+
+
+class Login(InputModel):
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=200)
+
+
+class LoginReply(BaseModel):
+    token: str
+    expires_at: datetime
+
+
+class AppUserCreate(InputModel):
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=8, max_length=200)
+
+
+class AppUserOut(BaseModel):
+    id: str
+    email: str
+    created_at: datetime
+    devices: int
+
+
+class OwnerSet(InputModel):
+    email: str | None = Field(None, max_length=254, description="The app user's e-mail; null removes the owner")
+
+
+class Claim(InputModel):
+    id: str = Field(min_length=1, max_length=64)
+    claim_code: str = Field(min_length=1, max_length=32)
+
+
+class AppDevice(BaseModel):
+    id: str
+    model: str
+    name: str | None
+    firmware_version: str | None
+    last_seen_at: datetime | None
+    recording: bool
+    battery: int | None
+    ble_connected: bool
+
+
+class UfwRelease(BaseModel):
+    id: str
+    version: str
+    size: int
+    crc32: int
+    sha256: str
+    url: str
+    expires_at: datetime
+
+
+class FirmwareUpdate(BaseModel):
+    update_available: bool
+    reason: Literal["assignment", "newer_release"] | None
+    assignment_id: str | None
+    release: UfwRelease | None
+
+
+class BleMode(InputModel):
+    connected: bool
+
+
+class BleOta(InputModel):
+    release_id: str = Field(min_length=1, max_length=64)
+    assignment_id: str | None = Field(None, max_length=64)
+    state: Literal["started", "completed", "failed"]
+    error: str | None = Field(None, max_length=500)
+
+
+class BleOtaReply(BaseModel):
+    recorded: bool
+    assignment_id: str | None
+    assignment_status: str | None
+
+
+class RelayReply(BaseModel):
+    heartbeat_interval_s: int
+    ota: None = Field(None, description="Always null: the relay never delivers OTA manifests")
+    ble_connected: bool

@@ -1,0 +1,262 @@
+"""The mobile app's side: app users, device ownership, update discovery, BLE relay and BLE transfers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bota_ota.audit import service as audit
+from bota_ota.db import utcnow
+from bota_ota.devices.models import Device
+from bota_ota.devices.service import ble_active, record_device_event
+from bota_ota.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from bota_ota.firmware.models import Release
+from bota_ota.firmware.versions import is_newer, version_sort_key
+from bota_ota.mobile.models import AppToken, AppUser
+from bota_ota.mobile.schemas import AppDevice, BleOta, FirmwareUpdate, UfwRelease
+from bota_ota.ota import service as ota
+from bota_ota.ota.heartbeat import apply_telemetry
+from bota_ota.ota.schemas import Heartbeat
+from bota_ota.security import hash_claim_code, hash_password, hash_token, new_token, verify_password
+from bota_ota.storage import BlobStore
+
+_DUMMY_HASH = hash_password("not-a-real-password")
+
+APP_TOKEN_PREFIX = "bota_ap"
+# ---- app users and sessions ------------------------------------------------------------------------
+
+
+def create_app_user(session: Session, *, email: str, password: str, actor: str) -> AppUser:
+    email = email.strip().lower()
+    if "@" not in email:
+        raise ValidationFailed("email must be an e-mail address", field="email")
+    if len(password) < 8:
+        raise ValidationFailed("password must be at least 8 characters", field="password")
+    user = AppUser(email=email, password_hash=hash_password(password), created_by=actor)
+    try:
+        with session.begin_nested():
+            session.add(user)
+            session.flush()
+    except IntegrityError:
+        raise Conflict(f"an app user with e-mail {email} already exists", field="email") from None
+    audit.record(
+        session,
+        actor=actor,
+        action="app_user.create",
+        target_type="app_user",
+        target_id=user.id,
+        detail={"email": email},
+    )
+    return user
+
+
+def list_app_users(session: Session) -> list[tuple[AppUser, int]]:
+    rows = session.execute(
+        select(Device.owner_id, func.count()).where(Device.owner_id.is_not(None)).group_by(Device.owner_id)
+    ).all()
+    counts = {owner_id: count for owner_id, count in rows}
+    users = session.scalars(select(AppUser).order_by(AppUser.email)).all()
+    return [(u, int(counts.get(u.id, 0))) for u in users]
+
+
+def login(session: Session, *, email: str, password: str, ttl_s: int) -> tuple[str, AppToken]:
+    user = session.scalar(select(AppUser).where(AppUser.email == email.strip().lower()))
+    if user is None:
+        verify_password(_DUMMY_HASH, password)  # same work either way: no user enumeration by timing
+        raise Unauthorized("wrong e-mail or password")
+    if not verify_password(user.password_hash, password):
+        raise Unauthorized("wrong e-mail or password")
+    secret = new_token(APP_TOKEN_PREFIX)
+    token = AppToken(user_id=user.id, token_hash=hash_token(secret), expires_at=utcnow() + timedelta(seconds=ttl_s))
+    session.add(token)
+    session.flush()
+    return secret, token
+
+
+def authenticate_app_token(session: Session, secret: str) -> AppUser | None:
+    token = session.scalar(select(AppToken).where(AppToken.token_hash == hash_token(secret)))
+    if token is None or token.expires_at <= utcnow():
+        return None
+    return session.get(AppUser, token.user_id)
+
+
+# ---- ownership ---------------------------------------------------------------------------------------
+
+
+def owned_device(session: Session, user: AppUser, device_id: str, *, lock: bool = False) -> Device:
+    query = select(Device).where(Device.id == device_id, Device.owner_id == user.id)
+    if lock:
+        query = query.with_for_update()
+    device = session.scalar(query)
+    if device is None:  # not there, or not this user's: the app cannot tell the difference
+        raise NotFound(f"device {device_id} not found")
+    return device
+
+
+def set_owner(session: Session, device_id: str, email: str | None, *, actor: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"device {device_id} not found")
+    owner: AppUser | None = None
+    if email:
+        owner = session.scalar(select(AppUser).where(AppUser.email == email.strip().lower()))
+        if owner is None:
+            raise NotFound(f"no app user with e-mail {email.strip().lower()}", field="email")
+    device.owner_id = owner.id if owner else None
+    record_device_event(session, device.id, "owner.set", actor=actor, email=owner.email if owner else None)
+    audit.record(
+        session,
+        actor=actor,
+        action="device.set_owner",
+        target_type="device",
+        target_id=device.id,
+        detail={"email": owner.email if owner else None},
+    )
+    session.flush()
+    return device
+
+
+def claim_device(session: Session, user: AppUser, device_id: str, claim_code: str) -> Device:
+    device = session.scalar(select(Device).where(Device.id == device_id).with_for_update())
+    if device is None or not device.claim_code_hash or device.claim_code_hash != hash_claim_code(claim_code):
+        raise NotFound("no device with that id and claim code", field="claim_code")
+    if device.owner_id not in (None, user.id):
+        raise Conflict(f"device {device_id} already has an owner", field="id")
+    device.owner_id = user.id
+    record_device_event(session, device.id, "owner.claimed", actor=f"app:{user.email}")
+    session.flush()
+    return device
+
+
+def app_device(device: Device, *, ble_timeout_s: int) -> AppDevice:
+    return AppDevice(
+        id=device.id,
+        model=device.model,
+        name=device.name,
+        firmware_version=device.firmware_version,
+        last_seen_at=device.last_seen_at,
+        recording=device.recording,
+        battery=device.battery,
+        ble_connected=ble_active(device, ble_timeout_s),
+    )
+
+
+# ---- update discovery ----------------------------------------------------------------------------------
+
+
+def firmware_update(session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int) -> FirmwareUpdate:
+    """What the app should offer: an active assignment's .ufw first, else the newest newer released .ufw."""
+    reason: Literal["assignment", "newer_release"] | None = None
+    assignment_id: str | None = None
+    release: Release | None = None
+    active = ota.active_assignment(session, device.id)
+    if active is not None:
+        candidate = session.get(Release, active.release_id)
+        if candidate is not None and candidate.artifact("ufw") is not None:
+            reason, assignment_id, release = "assignment", active.id, candidate
+    if release is None:
+        released = session.scalars(
+            select(Release).where(Release.model == device.model, Release.released.is_(True))
+        ).all()
+        newer = [r for r in released if r.artifact("ufw") is not None and is_newer(r.version, device.firmware_version)]
+        if newer:
+            reason, release = "newer_release", max(newer, key=lambda r: version_sort_key(r.version))
+    if release is None:
+        return FirmwareUpdate(update_available=False, reason=None, assignment_id=None, release=None)
+    ufw = release.artifact("ufw")
+    assert ufw is not None
+    signed = store.signed_get_url(
+        ufw.storage_key, base_url=base_url, ttl_s=ttl_s, filename=ufw.storage_key.rsplit("/", 1)[-1]
+    )
+    return FirmwareUpdate(
+        update_available=True,
+        reason=reason,
+        assignment_id=assignment_id,
+        release=UfwRelease(
+            id=release.id,
+            version=release.version,
+            size=ufw.size,
+            crc32=ufw.crc32,
+            sha256=ufw.sha256,
+            url=signed.url,
+            expires_at=signed.expires_at,
+        ),
+    )
+
+
+# ---- BLE relay and transfers ----------------------------------------------------------------------------
+
+
+def relay(session: Session, device: Device, hb: Heartbeat, *, actor: str) -> None:
+    """A heartbeat relayed by the app. Records status; never delivers, never moves a pending assignment.
+
+    A delivered assignment (a BLE transfer started) is applied when the relayed version matches it.
+    """
+    if not device.ble_connected:
+        record_device_event(session, device.id, "ble.connected", actor=actor)
+    apply_telemetry(device, hb, via_ble=True)
+    device.ble_last_relay_at = utcnow()
+    active = ota.active_assignment(session, device.id, lock=True)
+    if active is not None and active.status == "delivered" and ota.applied_by_version(active, hb.firmware_version):
+        ota.mark_applied(active, reported_version=hb.firmware_version, channel=active.channel or "ble", actor=actor)
+
+
+def set_ble_mode(session: Session, device: Device, connected: bool, *, actor: str) -> None:
+    if connected and not device.ble_connected:
+        record_device_event(session, device.id, "ble.connected", actor=actor)
+        device.ble_last_relay_at = utcnow()
+    if not connected and device.ble_connected:
+        record_device_event(session, device.id, "ble.disconnected", actor=actor)
+    device.ble_connected = connected
+
+
+def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str) -> tuple[str | None, str | None]:
+    """Record one BLE transfer attempt; returns (assignment id, its status) when it concerns one."""
+    release = session.get(Release, body.release_id)
+    if release is None:
+        raise NotFound(f"release {body.release_id} not found", field="release_id")
+    if release.model != device.model:
+        raise ValidationFailed(
+            f"release {release.version} is for {release.model}, not {device.model}", field="release_id"
+        )
+    if release.artifact("ufw") is None:
+        raise ValidationFailed(f"release {release.version} has no .ufw file", field="release_id")
+    error = (body.error or "").strip() or None
+    if body.state == "failed" and error is None:
+        error = "unknown"
+    assignment = None
+    if body.assignment_id:
+        assignment = ota.get_assignment(session, body.assignment_id, lock=True)
+        if assignment.device_id != device.id:
+            raise NotFound(f"assignment {body.assignment_id} not found", field="assignment_id")
+        if assignment.release_id != release.id:
+            raise ValidationFailed("the assignment is for another release", field="assignment_id")
+        if assignment.status not in ("pending", "delivered"):
+            raise Conflict(f"the assignment is already {assignment.status}", field="assignment_id")
+    record_device_event(
+        session,
+        device.id,
+        f"ble_ota.{body.state}",
+        actor=actor,
+        release_id=release.id,
+        version=release.version,
+        assignment_id=body.assignment_id,
+        error=error,
+    )
+    if assignment is None:
+        return None, None
+    if body.state == "started" and assignment.status == "pending":
+        assignment.status = "delivered"
+        assignment.channel = "ble"
+        assignment.delivered_at = utcnow()
+        ota.add_event(assignment, "delivered", actor=actor, channel="ble")
+    else:
+        # Recorded on the assignment, which stays active: a failed BLE attempt may be retried, and only the
+        # device reporting the assigned version makes it applied.
+        ota.add_event(assignment, f"ble_{body.state}", actor=actor, channel="ble", error=error)
+    session.flush()
+    return assignment.id, assignment.status

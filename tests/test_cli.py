@@ -1,0 +1,96 @@
+"""The ``bota-ota`` command as an operator uses it (subprocesses, real database files)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PG_URL
+from tests.support.server import cli, server_env
+
+COMMANDS = [
+    [],
+    ["serve"],
+    ["token"],
+    ["token", "create"],
+    ["user"],
+    ["user", "create"],
+    ["db"],
+    ["db", "upgrade"],
+    ["simulate"],
+    ["assign"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "bota-ota")
+def test_every_command_has_help(command: list[str]) -> None:
+    r = cli(server_env(None), *command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Usage" in r.stdout
+
+
+def _env(database_url: str) -> dict[str, str]:
+    return server_env(database_url if PG_URL else None)
+
+
+def test_db_upgrade_then_user_and_token_create(tmp_path: Path, database_url: str) -> None:
+    env = _env(database_url)
+    data = str(tmp_path / "d")
+    up = cli(env, "db", "upgrade", "--data-dir", data)
+    assert up.returncode == 0, up.stderr
+    assert "latest schema" in up.stdout
+    assert cli(env, "db", "upgrade", "--data-dir", data).returncode == 0  # idempotent
+
+    user = cli(
+        env,
+        "user",
+        "create",
+        "--email",
+        "Ops@Example.com",
+        "--role",
+        "operator",
+        "--password",
+        "long-enough-pw",
+        "--data-dir",
+        data,
+    )
+    assert user.returncode == 0, user.stderr
+    assert "ops@example.com" in user.stdout
+    dup = cli(
+        env,
+        "user",
+        "create",
+        "--email",
+        "ops@example.com",
+        "--password",
+        "long-enough-pw",
+        "--data-dir",
+        data,
+        check=False,
+    )
+    assert dup.returncode == 2
+    assert "already exists" in dup.stderr
+    short = cli(
+        env, "user", "create", "--email", "x@example.com", "--password", "short", "--data-dir", data, check=False
+    )
+    assert short.returncode == 2
+    assert "at least 8" in short.stderr
+
+    token = cli(env, "token", "create", "--name", "ci", "--role", "viewer", "--data-dir", data)
+    last = token.stdout.strip().splitlines()[-1]
+    assert last.startswith("bota_at_") and " " not in last
+    bad_role = cli(env, "token", "create", "--name", "ci", "--role", "root", "--data-dir", data, check=False)
+    assert bad_role.returncode == 2
+    assert "role must be one of" in bad_role.stderr
+    if not PG_URL:
+        rows = sqlite3.connect(tmp_path / "d" / "bota-ota.db").execute("SELECT token_hash FROM api_tokens").fetchall()
+        assert rows and all(last not in row[0] for row in rows)  # only the hash is stored
+
+
+def test_invalid_settings_name_the_variable(tmp_path: Path) -> None:
+    env = server_env(None, BOTA_OTA_HEARTBEAT_INTERVAL_S="never")
+    r = cli(env, "db", "upgrade", "--data-dir", str(tmp_path), check=False)
+    assert r.returncode == 2
+    assert "heartbeat_interval_s" in r.stderr
