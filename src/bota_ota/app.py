@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", tags=["ops"], summary="Liveness and database check")
     def healthz(ctx: CtxDep) -> dict[str, str]:
-        with ctx.engine.connect() as conn:
+        with ctx.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 

@@ -43,13 +43,18 @@ def get_store(ctx: CtxDep) -> BlobStore:
     return ctx.store
 
 
-def get_session(ctx: CtxDep) -> Iterator[Session]:
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_session(ctx: CtxDep, request: Request) -> Iterator[Session]:
     """The request's unit of work: commit when the handler returns, roll back if it raises.
 
     Used with scope="function" so the commit happens before the response is sent: a client never
-    sees a 201 for something that was not stored.
+    sees a 201 for something that was not stored. Reads on SQLite do not queue behind writers.
     """
     session = ctx.sessions()
+    if request.method in READ_ONLY_METHODS and ctx.engine.dialect.name == "sqlite":
+        session.connection(execution_options={"sqlite_begin": "DEFERRED"})
     try:
         yield session
         session.commit()

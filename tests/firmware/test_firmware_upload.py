@@ -375,6 +375,6 @@ def test_commit_failure_removes_the_stored_files(
     files = {"bin": _bin(firmware_bytes(1000, seed=1)), "ufw": ("a.ufw", firmware_bytes(1000, seed=2), "a/b")}
     r = post_firmware(lenient_admin, {"version": "v1.0.0", "model": "bota-pin"}, files)
     assert blobs_at_commit == [2]  # both files were stored when the commit failed ...
-    assert_problem(r, 500)  # ... and are gone now (checked below)
+    assert_problem(r, 503)  # a lost database is "retry later" ... and the files are gone (checked below)
     monkeypatch.undo()
     assert_nothing_stored(lenient_admin, settings, sessions)

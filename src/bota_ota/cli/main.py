@@ -21,9 +21,13 @@ app = typer.Typer(
 token_app = typer.Typer(help="Management API tokens.", no_args_is_help=True)
 user_app = typer.Typer(help="Portal users.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app_user_app = typer.Typer(
+    help="Mobile-app users (they own devices and update them over Bluetooth).", no_args_is_help=True
+)
 app.add_typer(token_app, name="token")
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
+app.add_typer(app_user_app, name="app-user")
 app.command("simulate")(sim_cli.simulate)
 app.command("assign")(sim_cli.assign)
 
@@ -160,6 +164,40 @@ def user_create(
     finally:
         engine.dispose()
     console.print(f"Created {user.role} user {user.email}")
+
+
+@app_user_app.command("create")
+def app_user_create(
+    email: Annotated[str, typer.Option("--email", help="The user's e-mail (their login in the app).")],
+    password: Annotated[
+        str | None, typer.Option("--password", help="Password (at least 8 characters); asked for if omitted.")
+    ] = None,
+    owns: Annotated[list[str] | None, typer.Option("--owns", help="Device id this user owns (repeatable).")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a mobile-app user, optionally owning some devices."""
+    from bota_ota.db import make_engine, make_sessionmaker, session_scope
+    from bota_ota.errors import DomainError
+    from bota_ota.migrate import upgrade_to_head
+    from bota_ota.mobile import service as mobile
+
+    if password is None:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    settings = load_settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            user = mobile.create_app_user(session, email=email, password=password, actor="cli")
+            for device_id in owns or []:
+                mobile.set_owner(session, device_id, user.email, actor="cli")
+    except DomainError as exc:
+        err_console.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    console.print(f"Created app user {user.email}" + (f", owner of {', '.join(owns)}" if owns else ""))
 
 
 @db_app.command("upgrade")
