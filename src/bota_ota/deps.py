@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bota_ota.accounts.service import Principal, authenticate_api_token
 from bota_ota.config import Settings
@@ -44,6 +45,28 @@ def get_store(ctx: CtxDep) -> BlobStore:
 
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSIONS_SCOPE_KEY = "bota_ota.sessions"
+
+
+class CloseSessionsMiddleware:
+    """Closes every session a request opened, whatever happened to the request.
+
+    FastAPI runs the exit of a sync ``yield`` dependency in a worker thread and skips it when the request
+    is cancelled (the client went away mid-request): the session, its pooled connection and its open
+    transaction (on SQLite, the write lock) would then stay held until garbage collection. By the time
+    this ``finally`` runs, the handler's thread has finished (anyio waits for it), so closing here is
+    safe; for a request that ended normally the sessions are already closed and this is a no-op.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for session in scope.get(SESSIONS_SCOPE_KEY, ()):
+                session.close()
 
 
 def get_session(ctx: CtxDep, request: Request) -> Iterator[Session]:
@@ -53,6 +76,7 @@ def get_session(ctx: CtxDep, request: Request) -> Iterator[Session]:
     sees a 201 for something that was not stored. Reads on SQLite do not queue behind writers.
     """
     session = ctx.sessions()
+    request.scope.setdefault(SESSIONS_SCOPE_KEY, []).append(session)
     if request.method in READ_ONLY_METHODS and ctx.engine.dialect.name == "sqlite":
         session.connection(execution_options={"sqlite_begin": "DEFERRED"})
     try:
