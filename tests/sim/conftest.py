@@ -99,7 +99,7 @@ async def run_fleet(
     fleet: Fleet,
     until: Callable[[], Awaitable[bool]] | Callable[[], bool],
     *,
-    timeout: float = 60.0,  # noqa: ASYNC109
+    timeout: float = 60.0,
 ) -> None:
     """Run the fleet until ``until()`` is true (checked every 0.25 s); fail the test on timeout."""
     runner = asyncio.create_task(fleet.run())

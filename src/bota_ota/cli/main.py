@@ -10,6 +10,7 @@ import typer
 from rich.panel import Panel
 
 from bota_ota import __version__
+from bota_ota.cli import app_sim as app_sim_cli
 from bota_ota.cli import sim as sim_cli
 from bota_ota.cli.common import DataDirOption, console, err_console, load_settings
 
@@ -30,6 +31,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(app_user_app, name="app-user")
 app.command("simulate")(sim_cli.simulate)
 app.command("assign")(sim_cli.assign)
+app.command("app-sim")(app_sim_cli.app_sim)
 
 
 def _version(value: bool) -> None:

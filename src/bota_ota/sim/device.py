@@ -168,6 +168,9 @@ class SimDevice:
         self._url_renewed = asyncio.Event()
         self._powered = asyncio.Event()
         self._powered.set()
+        # Cleared while a phone is connected over Bluetooth: the device then pauses its own heartbeat.
+        self._ble_free = asyncio.Event()
+        self._ble_free.set()
         self._task: asyncio.Task[None] | None = None
         self.unauthorized = False
         # Assignments this device gave up on: a manifest for one of them that was already in flight
@@ -186,12 +189,32 @@ class SimDevice:
         self.recording_until = 0.0
         self._wake.set()
 
+    @property
+    def heartbeat_paused(self) -> bool:
+        return not self._ble_free.is_set()
+
+    def pause_heartbeat(self) -> None:
+        """A phone connected over BLE: the app relays our status now."""
+        self._ble_free.clear()
+
+    def resume_heartbeat(self) -> None:
+        """The phone went away: speak for ourselves again, at once."""
+        self._ble_free.set()
+        self._wake.set()
+
+    def applied_over_ble(self, version: str) -> None:
+        self.firmware_version = version
+        self.stats.applied += 1
+
     # ---- heartbeat loop --------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, first_delay_s: float = 0.0) -> None:
         if first_delay_s:
             await _sleep_or(stop, first_delay_s)
         while not stop.is_set() and not self.unauthorized:
             await self._powered.wait()
+            if not self._ble_free.is_set():
+                await _sleep_or(stop, 3600, self._ble_free)
+                continue
             await self.heartbeat()
             self._wake.clear()
             await _sleep_or(stop, self.interval_s, self._wake)

@@ -1,0 +1,205 @@
+"""The reference mobile app: the whole Bluetooth OTA flow of docs/app-api.md against a real server.
+
+login → connect over BLE → relay the device's status → check for an update → confirm → download the
+.ufw and check it → report ``started`` → push it over BLE (docs/ble-ota.md) → report ``completed`` or
+``failed`` → reconnect after the reboot and relay the new version → end BLE mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from bota_ota.sim.ble.central import OtaDisconnectedError, OtaError, OtaTransport, push_image
+from bota_ota.sim.ble.profile import Result
+
+log = logging.getLogger(__name__)
+
+Confirm = Callable[[dict[str, Any]], Awaitable[bool] | bool]
+Progress = Callable[[int, int], None]
+
+
+class AppError(Exception):
+    pass
+
+
+@dataclass
+class AppOutcome:
+    """What happened, in the words the app would show."""
+
+    outcome: str  # up_to_date, declined, applied, failed
+    version_before: str | None = None
+    version_after: str | None = None
+    offered: dict[str, Any] | None = None
+    result: str | None = None  # the BLE result code name, or "disconnected"
+    sent: int = 0
+    elapsed_s: float = 0.0
+    relays: int = 0
+    relay_replies: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ReferenceApp:
+    def __init__(self, server: str, *, timeout: float = 30.0) -> None:
+        self.http = httpx.AsyncClient(base_url=server.rstrip("/"), timeout=timeout)
+        self.token: str | None = None
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _call(self, method: str, url: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        r = await self.http.request(method, "/api/app/v1" + url, headers=headers, **kw)
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise AppError(f"{method} {url}: {r.status_code} {detail}")
+        return r.json()
+
+    async def login(self, email: str, password: str) -> None:
+        self.token = (await self._call("POST", "/auth/login", json={"email": email, "password": password}))["token"]
+
+    async def device(self, device_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/devices/{device_id}"))
+
+    async def relay(self, device_id: str, status: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self._call("POST", f"/devices/{device_id}/relay", json=status))
+
+    async def check(self, device_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/devices/{device_id}/firmware-update"))
+
+    async def report(self, device_id: str, offer: dict[str, Any], state: str, error: str | None = None) -> None:
+        body: dict[str, Any] = {"release_id": offer["release"]["id"], "state": state}
+        if offer.get("assignment_id"):
+            body["assignment_id"] = offer["assignment_id"]
+        if error:
+            body["error"] = error
+        await self._call("POST", f"/devices/{device_id}/ble-ota", json=body)
+
+    async def end_ble(self, device_id: str) -> None:
+        await self._call("POST", f"/devices/{device_id}/ble", json={"connected": False})
+
+    async def download(self, release: dict[str, Any]) -> bytes:
+        """Fetch the .ufw and check it against what the server promised (size, CRC32, SHA-256)."""
+        r = await self.http.get(release["url"])
+        if r.status_code != 200:
+            raise AppError(f"downloading the update failed: HTTP {r.status_code}")
+        image = r.content
+        if len(image) != release["size"]:
+            raise AppError(f"the download has {len(image)} bytes, expected {release['size']}")
+        if zlib.crc32(image) & 0xFFFFFFFF != release["crc32"] or hashlib.sha256(image).hexdigest() != release["sha256"]:
+            raise AppError("the download does not match its checksums")
+        return image
+
+    async def update_device(
+        self,
+        device_id: str,
+        transport: OtaTransport,
+        *,
+        confirm: Confirm = lambda offer: True,
+        rate_kbps: float | None = None,
+        disconnect_at: float | None = None,
+        on_progress: Progress | None = None,
+        corrupt: bool = False,
+        reconnect_timeout_s: float = 30.0,
+    ) -> AppOutcome:
+        """Run the whole flow for one device the user owns (``login`` first)."""
+        outcome = AppOutcome(outcome="failed")
+        relay_task: asyncio.Task[None] | None = None
+        stop_relay = asyncio.Event()
+
+        async def read_and_relay() -> dict[str, Any]:
+            info = await transport.read_info()
+            reply = await self.relay(device_id, {"firmware_version": info.firmware_version, "battery": info.battery})
+            outcome.relays += 1
+            outcome.relay_replies.append(reply)
+            return {"info": info, "reply": reply}
+
+        async def keep_relaying(interval_s: float) -> None:
+            while not stop_relay.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop_relay.wait(), timeout=interval_s)
+                if stop_relay.is_set() or not transport.connected:
+                    continue
+                with contextlib.suppress(OtaError, AppError, httpx.HTTPError):
+                    await read_and_relay()
+
+        try:
+            await transport.connect()
+            first = await read_and_relay()
+            outcome.version_before = first["info"].firmware_version
+            relay_task = asyncio.create_task(keep_relaying(float(first["reply"]["heartbeat_interval_s"])))
+            offer = await self.check(device_id)
+            outcome.offered = offer
+            if not offer["update_available"]:
+                outcome.outcome = "up_to_date"
+                return outcome
+            confirmed = confirm(offer)
+            if not isinstance(confirmed, bool):
+                confirmed = await confirmed
+            if not confirmed:
+                outcome.outcome = "declined"
+                return outcome
+            release = offer["release"]
+            image = await self.download(release)
+            if corrupt:  # a bit flipped between the phone and the device
+                image = image[:-1] + bytes([image[-1] ^ 0x01])
+            await self.report(device_id, offer, "started")
+            started = time.monotonic()
+            try:
+                report = await push_image(
+                    transport,
+                    image,
+                    model=first["info"].model,
+                    version=release["version"],
+                    crc32=release["crc32"],
+                    rate_kbps=rate_kbps,
+                    on_progress=on_progress,
+                    disconnect_at=disconnect_at,
+                )
+            except OtaDisconnectedError as exc:
+                outcome.sent = exc.sent
+                outcome.result = "disconnected"
+                await self.report(device_id, offer, "failed", "disconnected")
+                return outcome
+            outcome.sent = report.sent
+            outcome.elapsed_s = time.monotonic() - started
+            outcome.result = report.result.name
+            if report.result is not Result.SUCCESS:
+                await self.report(device_id, offer, "failed", report.result.name)
+                return outcome
+            await self.report(device_id, offer, "completed")
+            # The device reboots into the new image; reconnect and relay what it runs now.
+            stop_relay.set()
+            deadline = time.monotonic() + reconnect_timeout_s
+            while True:
+                try:
+                    if not transport.connected:
+                        await transport.connect()
+                    after = await read_and_relay()
+                    break
+                except OtaError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            outcome.version_after = after["info"].firmware_version
+            outcome.outcome = "applied" if outcome.version_after == release["version"] else "failed"
+            return outcome
+        finally:
+            stop_relay.set()
+            if relay_task is not None:
+                await relay_task
+            with contextlib.suppress(Exception):
+                await transport.disconnect()
+            with contextlib.suppress(AppError, httpx.HTTPError):
+                await self.end_ble(device_id)

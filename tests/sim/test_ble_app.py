@@ -1,0 +1,220 @@
+"""Bluetooth OTA end to end: a real server process, a simulated device that is also a Bumble GATT
+peripheral, and the reference app as a Bumble central, meeting over in-process virtual controllers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from bota_ota.sim.app import ReferenceApp
+from bota_ota.sim.ble.central import BumbleOtaTransport
+from bota_ota.sim.ble.link import VirtualLink
+from bota_ota.sim.ble_device import BleSimDevice, attach_ble
+from bota_ota.sim.device import SimDevice
+from bota_ota.sim.fleet import Fleet
+from tests.sim.conftest import SimServer, start_fleet
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ble]
+
+EMAIL, PASSWORD = "ana@example.com", "bluetooth-pw"
+
+
+@dataclass
+class World:
+    server: SimServer
+    fleet: Fleet
+    device: SimDevice
+    ble: BleSimDevice
+    app: ReferenceApp
+    transport: BumbleOtaTransport
+
+    @property
+    def device_id(self) -> str:
+        return self.device.device_id
+
+    def assignment(self, assignment_id: str) -> dict[str, Any]:
+        return self.server.assignment(assignment_id)
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.server.api.get(f"/api/v1/devices/{self.device_id}/events").json())
+
+
+@contextlib.asynccontextmanager
+async def world(server: SimServer, *, prefix: str, owner: str = EMAIL) -> AsyncIterator[World]:
+    fleet = await start_fleet(server, server.config(1, prefix=prefix, reboot_s=0.3))
+    if server.api.get("/api/v1/app-users").json() == []:
+        r = server.api.post("/api/v1/app-users", json={"email": EMAIL, "password": PASSWORD})
+        assert r.status_code == 201, r.text
+    device_id = fleet.credentials[0].device_id
+    assert server.api.put(f"/api/v1/devices/{device_id}/owner", json={"email": owner}).status_code == 200
+    link = VirtualLink()
+    async with fleet:
+        runner = asyncio.create_task(fleet.run())
+        device = fleet.devices[0]
+        ble = await attach_ble(device, link, index=1, reboot_s=0.3)
+        phone = await link.add_device("C0:AA:00:00:00:01", name="phone")
+        app = ReferenceApp(server.url)
+        await app.login(EMAIL, PASSWORD)
+        try:
+            yield World(server, fleet, device, ble, app, BumbleOtaTransport(phone, ble.address))
+        finally:
+            await app.aclose()
+            await ble.stop()
+            fleet.stop()
+            await runner
+            await link.close()
+
+
+def upload(server: SimServer, version: str, ufw: bytes, *, draft: bool = False, bin: bool = True) -> dict[str, Any]:
+    files = {"ufw": (f"{version}.ufw", ufw)}
+    if bin:
+        files["bin"] = (f"{version}.bin", os.urandom(50_000))
+    data = {"version": version, "model": "bota-pin"}
+    if draft:
+        data["draft"] = "true"
+    r = server.api.post("/api/v1/firmware", data=data, files=files)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.1)
+
+
+def test_a_newer_release_is_offered_and_applied_and_drafts_never_are(sim_server: SimServer) -> None:
+    upload(sim_server, "v1.1.0", os.urandom(120_000))
+    upload(sim_server, "v1.2.0", os.urandom(120_000), draft=True)
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="N") as w:
+            await wait_for(lambda: w.device.stats.heartbeats > 0)
+            progress: list[tuple[int, int]] = []
+            outcome = await w.app.update_device(
+                w.device_id, w.transport, on_progress=lambda s, t: progress.append((s, t))
+            )
+            assert outcome.offered is not None
+            assert (outcome.offered["reason"], outcome.offered["release"]["version"]) == ("newer_release", "v1.1.0")
+            assert (outcome.outcome, outcome.version_before, outcome.version_after) == ("applied", "v1.0.0", "v1.1.0")
+            assert progress[-1] == (120_000, 120_000)
+            assert all(r["ota"] is None for r in outcome.relay_replies)
+            assert w.device.firmware_version == "v1.1.0"
+            kinds = [e["kind"] for e in w.events()]
+            assert {"ble_ota.started", "ble_ota.completed"} <= set(kinds)
+            # The device speaks for itself again and reports the new version.
+            await wait_for(lambda: not w.device.heartbeat_paused)
+            server_view = w.server.api.get(f"/api/v1/devices/{w.device_id}").json()
+            assert server_view["firmware_version"] == "v1.1.0"
+            # v1.2.0 is a draft: never offered, so the app now finds nothing.
+            again = await w.app.update_device(w.device_id, w.transport)
+            assert again.outcome == "up_to_date"
+
+    asyncio.run(scenario())
+
+
+def test_a_pending_http_assignment_is_installed_over_ble_and_the_relay_never_delivers(sim_server: SimServer) -> None:
+    release = upload(sim_server, "v1.3.0", os.urandom(80_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="P") as w:
+            await w.transport.connect()  # the phone connects: the device stops heartbeating ...
+            await wait_for(lambda: w.device.heartbeat_paused)
+            heartbeats = w.device.stats.heartbeats
+            assignment = w.server.api.post(
+                f"/api/v1/devices/{w.device_id}/assignments", json={"release_id": release["id"]}
+            ).json()
+            info = await w.transport.read_info()
+            for _ in range(3):  # ... and the app relays; no manifest, the assignment stays pending
+                reply = await w.app.relay(w.device_id, {"firmware_version": info.firmware_version})
+                assert reply["ota"] is None
+                await asyncio.sleep(0.4)
+            assert w.assignment(assignment["id"])["status"] == "pending"
+            assert w.device.stats.heartbeats == heartbeats
+            outcome = await w.app.update_device(w.device_id, w.transport)
+            assert outcome.offered is not None and outcome.offered["reason"] == "assignment"
+            assert outcome.offered["assignment_id"] == assignment["id"]
+            assert outcome.outcome == "applied"
+            detail = w.assignment(assignment["id"])
+            assert (detail["status"], detail["channel"]) == ("applied", "ble")
+            assert [e["kind"] for e in detail["events"]][:3] == ["created", "delivered", "ble_completed"]
+
+    asyncio.run(scenario())
+
+
+def test_a_disconnect_mid_transfer_restarts_at_offset_zero(sim_server: SimServer) -> None:
+    upload(sim_server, "v1.4.0", os.urandom(150_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="X") as w:
+            first = await w.app.update_device(w.device_id, w.transport, disconnect_at=0.5)
+            assert (first.outcome, first.result) == ("failed", "disconnected")
+            assert 0 < first.sent < 150_000
+            assert w.device.firmware_version == "v1.0.0"
+            second = await w.app.update_device(w.device_id, w.transport)
+            assert second.outcome == "applied"
+            assert w.ble.peripheral.counters.first_data_offsets == [0, 0]
+            failed = [e for e in w.events() if e["kind"] == "ble_ota.failed"]
+            assert failed and failed[0]["detail"]["error"] == "disconnected"
+
+    asyncio.run(scenario())
+
+
+def test_recording_is_refused_and_nothing_is_written(sim_server: SimServer) -> None:
+    upload(sim_server, "v1.5.0", os.urandom(60_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="R") as w:
+            w.device.start_recording(3600)
+            outcome = await w.app.update_device(w.device_id, w.transport)
+            assert (outcome.outcome, outcome.result) == ("failed", "RECORDING")
+            assert w.ble.peripheral.counters.flash_bytes_written == 0
+            assert w.device.firmware_version == "v1.0.0"
+            failed = [e for e in w.events() if e["kind"] == "ble_ota.failed"]
+            assert failed[0]["detail"]["error"] == "RECORDING"
+
+    asyncio.run(scenario())
+
+
+def test_a_corrupted_image_fails_the_crc_and_the_old_version_stays(sim_server: SimServer) -> None:
+    upload(sim_server, "v1.6.0", os.urandom(60_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="C") as w:
+            outcome = await w.app.update_device(w.device_id, w.transport, corrupt=True)
+            assert (outcome.outcome, outcome.result) == ("failed", "CRC_MISMATCH")
+            assert w.device.firmware_version == "v1.0.0"
+            info = await w.transport.read_info() if w.transport.connected else None
+            assert info is None or info.firmware_version == "v1.0.0"
+
+    asyncio.run(scenario())
+
+
+def test_another_users_app_gets_404(sim_server: SimServer) -> None:
+    async def scenario() -> None:
+        async with world(sim_server, prefix="O") as w:
+            r = w.server.api.post("/api/v1/app-users", json={"email": "bob@example.com", "password": "bob-password"})
+            assert r.status_code == 201
+            bob = ReferenceApp(w.server.url)
+            await bob.login("bob@example.com", "bob-password")
+            try:
+                for call in (
+                    bob.device(w.device_id),
+                    bob.check(w.device_id),
+                    bob.relay(w.device_id, {"firmware_version": "v1.0.0"}),
+                ):
+                    with pytest.raises(Exception, match="404"):
+                        await call
+            finally:
+                await bob.aclose()
+            r = httpx.get(f"{w.server.url}/api/app/v1/devices/{w.device_id}")
+            assert r.status_code == 401
+
+    asyncio.run(scenario())
