@@ -6,7 +6,6 @@ and rolls back on error (see ``session_scope``).
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,41 +76,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class _SqliteWriteGate:
-    """Lets one write transaction at a time into SQLite from this process, in arrival order.
-
-    A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another
-    connection wrote in between (WAL snapshot rule), so writers take the lock up front (BEGIN
-    IMMEDIATE). But if forty request threads all wait inside SQLite, its busy handler puts them to sleep
-    for up to 100 ms per retry and throughput collapses under load. So writers first queue on this
-    in-process lock and only then ask SQLite; SQLite's own lock still guards against other processes.
-    Read-only paths opt out with execution_options(sqlite_begin="DEFERRED") and never wait here.
-    """
-
-    KEY = "bota_ota_write_gate"
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def begin(self, conn: Any) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        if mode == "IMMEDIATE":
-            self._lock.acquire()
-            conn.info[self.KEY] = True
-        try:
-            conn.exec_driver_sql(f"BEGIN {mode}")
-        except BaseException:
-            self.end(conn)
-            raise
-
-    def end(self, conn: Any, *_args: Any) -> None:
-        if conn.info.pop(self.KEY, False):
-            self._lock.release()
-
-    def checkin(self, _dbapi_connection: Any, record: Any) -> None:
-        # Safety net: a connection returned to the pool without commit or rollback still frees the gate.
-        if record.info.pop(self.KEY, False):
-            self._lock.release()
+def _sqlite_begin(conn: Any) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another
+    # connection wrote in between (WAL snapshot rule), whatever the busy timeout. So transactions take
+    # the write lock up front; read-only requests opt out with execution_options(sqlite_begin="DEFERRED").
+    # Write requests of one process queue before they get here (deps.SqliteWriteGateMiddleware).
+    mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -123,11 +94,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             kwargs.setdefault("max_overflow", 20)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        gate = _SqliteWriteGate()
-        event.listen(engine, "begin", gate.begin)
-        event.listen(engine, "commit", gate.end)
-        event.listen(engine, "rollback", gate.end)
-        event.listen(engine.pool, "checkin", gate.checkin)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)

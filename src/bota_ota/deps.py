@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -26,6 +28,15 @@ class AppContext:
     engine: Engine
     sessions: sessionmaker[Session]
     store: BlobStore
+    write_gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def db_write_gate(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """The write gate on SQLite; nothing to wait for on PostgreSQL."""
+        return self.write_gate if self.sqlite else contextlib.nullcontext()
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -46,6 +57,35 @@ def get_store(ctx: CtxDep) -> BlobStore:
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSIONS_SCOPE_KEY = "bota_ota.sessions"
+
+
+class SqliteWriteGateMiddleware:
+    """On SQLite, lets one write request at a time of this process at the database, in arrival order.
+
+    SQLite has one writer. When forty request threads all wait inside SQLite for its lock, its busy
+    handler puts them to sleep for up to 100 ms per retry and throughput collapses under load. Here
+    writers wait on an asyncio lock instead — in the event loop, holding no thread, no pooled connection
+    and no transaction — so there is no contention inside SQLite and nothing to deadlock on. Reads never
+    wait. The firmware upload is exempt (its body may take minutes to arrive): it takes the gate itself,
+    only around its database work. Other processes (``--workers``) still meet at SQLite's own lock.
+    """
+
+    EXEMPT = frozenset({"/api/v1/firmware"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] in READ_ONLY_METHODS
+            or scope["path"] in self.EXEMPT
+            or not scope["app"].state.ctx.sqlite
+        ):
+            await self.app(scope, receive, send)
+            return
+        async with scope["app"].state.ctx.write_gate:
+            await self.app(scope, receive, send)
 
 
 class CloseSessionsMiddleware:

@@ -9,6 +9,7 @@ between a service's uniqueness check and its write, so the database constraint h
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -243,3 +244,34 @@ def test_device_registration_losing_the_race_after_its_check_is_a_conflict(
     assert r.json()["errors"][0]["field"] == "id"
     monkeypatch.undo()
     assert admin.get("/api/v1/devices/BP-TWICE").json()["model"] == first["model"]
+
+
+def test_more_concurrent_writes_than_request_threads_do_not_deadlock(server: Server) -> None:
+    """More simultaneous heartbeats (writes) than the server has request threads (40) all complete.
+
+    Regression: an authentication lookup in a dependency used to begin the write transaction, which on
+    SQLite held the in-process write gate while the request waited for a free thread, and every thread
+    was waiting for that gate.
+    """
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as api:
+        tokens = [
+            api.post("/api/v1/devices", json={"id": f"DL-{i:03d}", "model": "bota-pin"}).json()["token"]
+            for i in range(20)
+        ]
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as client:
+
+            async def beat(i: int) -> int:
+                r = await client.post(
+                    "/api/device/v1/heartbeat", json={"firmware_version": "v1.0.0", "battery": i % 100},
+                    headers={"Authorization": f"Bearer {tokens[i % len(tokens)]}"},
+                )
+                return r.status_code
+
+            return await asyncio.gather(*(beat(i) for i in range(200)))
+
+    statuses = asyncio.run(burst())
+    assert statuses.count(200) == 200, sorted(set(statuses))

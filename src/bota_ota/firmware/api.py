@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from bota_ota.deps import Operator, SessionDep, SettingsDep, StoreDep, Viewer
+from bota_ota.deps import CtxDep, Operator, SessionDep, SettingsDep, StoreDep, Viewer
 from bota_ota.firmware import service
 from bota_ota.firmware.schemas import ReleaseOut, ReleasePatch
 from bota_ota.firmware.upload import parse_firmware_form
@@ -54,8 +54,11 @@ _UPLOAD_SCHEMA: dict[str, Any] = {
     summary="Upload a firmware release (multipart: version, model, bin and/or ufw, notes)",
 )
 async def upload_release(
-    request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: Operator
+    request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: Operator, ctx: CtxDep
 ) -> ReleaseOut:
+    # The token lookup opened a transaction; end it before a body that may take minutes to arrive, so
+    # no database lock is held meanwhile.
+    await run_in_threadpool(session.rollback)
     form = await parse_firmware_form(
         request.headers.get("content-type"),
         request.headers.get("content-length"),
@@ -75,7 +78,8 @@ async def upload_release(
                 raise
             return service.release_out(release)
 
-        return await run_in_threadpool(create_and_commit)
+        async with ctx.db_write_gate():
+            return await run_in_threadpool(create_and_commit)
     finally:
         form.cleanup()
 
