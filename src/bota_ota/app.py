@@ -16,7 +16,7 @@ from bota_ota.accounts.api import router as accounts_router
 from bota_ota.audit.api import router as audit_router
 from bota_ota.config import Settings
 from bota_ota.db import make_engine, make_sessionmaker
-from bota_ota.deps import AppContext, CloseSessionsMiddleware, CtxDep, SqliteWriteGateMiddleware
+from bota_ota.deps import AppContext, CloseSessionsMiddleware, CtxDep, DatabaseAdmissionMiddleware
 from bota_ota.devices.api import router as devices_router
 from bota_ota.errors import install_problem_handlers
 from bota_ota.firmware.api import router as firmware_router
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="bota-ota", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.ctx = ctx
     install_problem_handlers(app)
-    app.add_middleware(SqliteWriteGateMiddleware)
+    app.add_middleware(DatabaseAdmissionMiddleware)
     app.add_middleware(CloseSessionsMiddleware)
     for router in (
         firmware_router,

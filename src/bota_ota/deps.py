@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bota_ota.accounts.service import Principal, authenticate_api_token
@@ -29,6 +30,13 @@ class AppContext:
     sessions: sessionmaker[Session]
     store: BlobStore
     write_gate: asyncio.Lock = field(default_factory=asyncio.Lock)
+    db_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        pool = self.engine.pool
+        capacity = pool.size() + getattr(pool, "_max_overflow", 0) if isinstance(pool, QueuePool) else 10
+        # Stay below anyio's 40 worker threads so a request holding a connection can always get one.
+        self.db_slots = asyncio.Semaphore(max(1, min(capacity, 30)))
 
     @property
     def sqlite(self) -> bool:
@@ -59,32 +67,37 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSIONS_SCOPE_KEY = "bota_ota.sessions"
 
 
-class SqliteWriteGateMiddleware:
-    """On SQLite, lets one write request at a time of this process at the database, in arrival order.
+class DatabaseAdmissionMiddleware:
+    """Admits requests to the database in the event loop, before they take a thread or a connection.
 
-    SQLite has one writer. When forty request threads all wait inside SQLite for its lock, its busy
-    handler puts them to sleep for up to 100 ms per retry and throughput collapses under load. Here
-    writers wait on an asyncio lock instead — in the event loop, holding no thread, no pooled connection
-    and no transaction — so there is no contention inside SQLite and nothing to deadlock on. Reads never
-    wait. The firmware upload is exempt (its body may take minutes to arrive): it takes the gate itself,
-    only around its database work. Other processes (``--workers``) still meet at SQLite's own lock.
+    A request keeps its pooled connection from its first query (often in an auth dependency) until the
+    commit after the handler, and between those it needs more worker threads (the handler, response
+    validation). If more requests hold connections than there are threads to move them on, or wait for a
+    connection while holding every thread, the server deadlocks. So at most ``pool capacity`` requests
+    use the database at once (fewer than anyio's 40 worker threads), and the rest wait here holding
+    nothing. On SQLite, write requests also queue on a lock: one writer at a time, in arrival order,
+    instead of forty threads waiting inside SQLite, whose busy handler sleeps up to 100 ms per retry.
+
+    Downloads and the API docs never touch the database and are not held back. The firmware upload waits
+    for the write lock itself, only around its database work (its body may take minutes to arrive).
     """
 
-    EXEMPT = frozenset({"/api/v1/firmware"})
+    NO_DATABASE_PREFIXES = ("/dl/", "/docs", "/redoc", "/openapi.json")
+    WRITE_LOCK_EXEMPT = frozenset({"/api/v1/firmware"})
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] in READ_ONLY_METHODS
-            or scope["path"] in self.EXEMPT
-            or not scope["app"].state.ctx.sqlite
-        ):
+        if scope["type"] != "http" or scope["path"].startswith(self.NO_DATABASE_PREFIXES):
             await self.app(scope, receive, send)
             return
-        async with scope["app"].state.ctx.write_gate:
+        ctx: AppContext = scope["app"].state.ctx
+        writes = scope["method"] not in READ_ONLY_METHODS and scope["path"] not in self.WRITE_LOCK_EXEMPT
+        async with contextlib.AsyncExitStack() as stack:
+            if writes and ctx.sqlite:
+                await stack.enter_async_context(ctx.write_gate)
+            await stack.enter_async_context(ctx.db_slots)
             await self.app(scope, receive, send)
 
 
