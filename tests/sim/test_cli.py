@@ -89,3 +89,53 @@ def test_simulate_refuses_bad_faults_and_tokens(sim_server: SimServer) -> None:
     both = run("assign", "--server", sim_server.url, "--api-token", sim_server.token, "--release", "x", env=env)
     assert both.returncode == 2
     assert "exactly one of --model or --devices" in both.stderr
+
+
+@pytest.mark.ble
+def test_app_sim_updates_a_device_over_bluetooth(sim_server: SimServer, tmp_path: Path) -> None:
+    env = {**sim_server.proc.env, "COLUMNS": "160"}
+    device = sim_server.api.post("/api/v1/devices", json={"id": "BP-APP-1", "model": "bota-pin"}).json()
+    r = run(
+        "app-user",
+        "create",
+        "--email",
+        "ana@example.com",
+        "--password",
+        "ana-password",
+        "--owns",
+        "BP-APP-1",
+        "--data-dir",
+        str(sim_server.proc.data_dir),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    r = sim_server.api.post(
+        "/api/v1/firmware",
+        data={"version": "v2.0.0", "model": "bota-pin"},
+        files={"ufw": ("fw.ufw", b"\x5a" * 150_000)},
+    )
+    assert r.status_code == 201, r.text
+    common = [
+        "--server",
+        sim_server.url,
+        "--user",
+        "ana@example.com",
+        "--password",
+        "ana-password",
+        "--device",
+        "BP-APP-1",
+        "--device-token",
+        device["token"],
+        "--reboot-s",
+        "0.3",
+        "--rate",
+        "0",
+    ]
+    done = run("app-sim", *common, "--yes", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "applied" in done.stdout and "v2.0.0" in done.stdout
+    assert sim_server.api.get("/api/v1/devices/BP-APP-1").json()["firmware_version"] == "v2.0.0"
+    again = run("app-sim", *common, "--yes", env=env)
+    assert again.returncode == 0 and "up_to_date" in again.stdout
+    wrong = run("app-sim", *common[:4], "--password", "nope", *common[6:], env=env)
+    assert wrong.returncode == 2 and "401" in wrong.stderr
