@@ -12,7 +12,7 @@ from rich.panel import Panel
 from bota_ota import __version__
 from bota_ota.cli import app_sim as app_sim_cli
 from bota_ota.cli import sim as sim_cli
-from bota_ota.cli.common import DataDirOption, console, err_console, load_settings
+from bota_ota.cli.common import DataDirOption, cli_session, console, err_console, load_settings
 
 app = typer.Typer(
     help="bota-ota: firmware over-the-air updates for Bota devices.",
@@ -116,22 +116,9 @@ def token_create(
 ) -> None:
     """Create a management API token; the token alone is printed as the last line."""
     from bota_ota.accounts import service
-    from bota_ota.db import make_engine, make_sessionmaker, session_scope
-    from bota_ota.errors import DomainError
-    from bota_ota.migrate import upgrade_to_head
 
-    settings = load_settings(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_sessionmaker(engine)) as session:
-            token, secret = service.create_api_token(session, name=name, role=role, actor="cli")
-    except DomainError as exc:
-        err_console.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+    with cli_session(data_dir) as session:
+        token, secret = service.create_api_token(session, name=name, role=role, actor="cli")
     err_console.print(f"Created {token.role} token '{token.name}' ({token.id}). It is shown once:")
     print(secret)
 
@@ -147,24 +134,11 @@ def user_create(
 ) -> None:
     """Create a portal user."""
     from bota_ota.accounts import service
-    from bota_ota.db import make_engine, make_sessionmaker, session_scope
-    from bota_ota.errors import DomainError
-    from bota_ota.migrate import upgrade_to_head
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    settings = load_settings(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_sessionmaker(engine)) as session:
-            user = service.create_user(session, email=email, password=password, role=role, actor="cli")
-    except DomainError as exc:
-        err_console.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+    with cli_session(data_dir) as session:
+        user = service.create_user(session, email=email, password=password, role=role, actor="cli")
     console.print(f"Created {user.role} user {user.email}")
 
 
@@ -178,27 +152,14 @@ def app_user_create(
     data_dir: DataDirOption = None,
 ) -> None:
     """Create a mobile-app user, optionally owning some devices."""
-    from bota_ota.db import make_engine, make_sessionmaker, session_scope
-    from bota_ota.errors import DomainError
-    from bota_ota.migrate import upgrade_to_head
     from bota_ota.mobile import service as mobile
 
     if password is None:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    settings = load_settings(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_sessionmaker(engine)) as session:
-            user = mobile.create_app_user(session, email=email, password=password, actor="cli")
-            for device_id in owns or []:
-                mobile.set_owner(session, device_id, user.email, actor="cli")
-    except DomainError as exc:
-        err_console.print(f"[red]error:[/red] {exc.detail}")
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+    with cli_session(data_dir) as session:
+        user = mobile.create_app_user(session, email=email, password=password, actor="cli")
+        for device_id in owns or []:
+            mobile.set_owner(session, device_id, user.email, actor="cli")
     console.print(f"Created app user {user.email}" + (f", owner of {', '.join(owns)}" if owns else ""))
 
 
