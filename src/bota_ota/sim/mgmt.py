@@ -36,12 +36,6 @@ class MgmtClient:
     def me(self) -> dict[str, Any]:
         return dict(self._check(self.http.get("/api/v1/me")).json())
 
-    def register_device(self, device_id: str, model: str, name: str | None = None) -> httpx.Response:
-        return self.http.post("/api/v1/devices", json={"id": device_id, "model": model, "name": name})
-
-    def rotate_token(self, device_id: str) -> str:
-        return str(self._check(self.http.post(f"/api/v1/devices/{device_id}/token")).json()["token"])
-
     def iter_devices(
         self, *, model: str | None = None, q: str | None = None, page: int = 1000
     ) -> Iterator[dict[str, Any]]:
