@@ -79,6 +79,8 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo fleet's requests are in the access log
     creds = prepare_database(settings)
+    if settings.storage_backend == "local":
+        _ = settings.resolved_secret_key  # create it once here, before any worker process needs it
     if creds is not None:
         console.print(
             Panel.fit(
