@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -81,7 +82,12 @@ class Settings(BaseSettings):
             # O_EXCL: when several workers start at once, the first key written wins and all read it.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return path.read_text().strip()
+            for _ in range(50):  # the winner may not have written it yet
+                existing = path.read_text().strip()
+                if existing:
+                    return existing
+                time.sleep(0.02)
+            raise RuntimeError(f"{path} exists but is empty; delete it or set BOTA_OTA_SECRET_KEY") from None
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
         return key
