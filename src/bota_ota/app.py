@@ -6,9 +6,13 @@ import logging
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.middleware.sessions import SessionMiddleware
 
 import bota_ota.models  # noqa: F401  (every model registered before mappers configure)
 from bota_ota import __version__
@@ -24,6 +28,8 @@ from bota_ota.mobile.api import mgmt_router as app_users_router
 from bota_ota.mobile.api import router as mobile_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.device_api import router as device_router
+from bota_ota.portal.auth import LoginRequired
+from bota_ota.portal.views import router as portal_router
 from bota_ota.storage import make_blob_store
 from bota_ota.storage.api import router as download_router
 
@@ -56,8 +62,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="bota-ota", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.ctx = ctx
     install_problem_handlers(app)
+    app.add_exception_handler(LoginRequired, _to_login)
     app.add_middleware(DatabaseAdmissionMiddleware)
     app.add_middleware(CloseSessionsMiddleware)
+    # Portal sign-in state lives in a signed cookie (itsdangerous); no server-side session store to share.
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.resolved_secret_key,
+        session_cookie="bota_ota_session",
+        max_age=12 * 3600,
+        same_site="lax",
+        https_only=settings.secure_cookies,
+    )
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "portal" / "static"), name="static")
     for router in (
         firmware_router,
         devices_router,
@@ -68,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         download_router,
         mobile_router,
         app_users_router,
+        portal_router,
     ):
         app.include_router(router)
 
@@ -78,6 +96,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+async def _to_login(request: Request, exc: Exception) -> Response:
+    if request.headers.get("hx-request"):
+        return Response(status_code=401, headers={"HX-Redirect": "/login"})
+    return RedirectResponse("/login", status_code=303)
 
 
 def create_app_from_env() -> FastAPI:

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
         None,
         description="Signs local download URLs. Default: generated once and kept in <data_dir>/secret_key.",
     )
+    secure_cookies: bool = Field(False, description="Send the portal cookie over HTTPS only (set it in production).")
     log_level: str = "info"
 
     @model_validator(mode="after")

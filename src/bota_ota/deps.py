@@ -82,7 +82,7 @@ class DatabaseAdmissionMiddleware:
     for the write lock itself, only around its database work (its body may take minutes to arrive).
     """
 
-    NO_DATABASE_PREFIXES = ("/dl/", "/docs", "/redoc", "/openapi.json")
+    NO_DATABASE_PREFIXES = ("/dl/", "/docs", "/redoc", "/openapi.json", "/static/")
     WRITE_LOCK_EXEMPT = frozenset({"/api/v1/firmware"})
 
     def __init__(self, app: ASGIApp) -> None:

@@ -1,0 +1,65 @@
+"""Portal sign-in: a signed session cookie (Starlette's SessionMiddleware, itsdangerous), CSRF tokens on
+every form, and the ``PortalUser`` dependency that sends anonymous visitors to the sign-in page."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+
+from bota_ota.accounts.models import User
+from bota_ota.accounts.service import ROLE_RANK
+from bota_ota.deps import SessionDep
+from bota_ota.errors import Forbidden
+
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+
+
+class LoginRequired(Exception):
+    """Raised by ``PortalUser`` when nobody is signed in; the app answers with a redirect."""
+
+
+def csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not token:
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return str(token)
+
+
+async def check_csrf(request: Request) -> None:
+    """Every state-changing portal request carries the session's CSRF token (form field or header)."""
+    expected = request.session.get("csrf")
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None:
+        form = await request.form()
+        value = form.get(CSRF_FIELD)
+        sent = value if isinstance(value, str) else None
+    if not expected or not sent or not secrets.compare_digest(str(expected), sent):
+        raise Forbidden("the form has expired or did not come from this site; reload the page and try again")
+
+
+CsrfChecked = Depends(check_csrf)
+
+
+def portal_user(request: Request, session: SessionDep) -> User:
+    user_id = request.session.get("user_id")
+    user = session.get(User, user_id) if user_id else None
+    if user is None or not user.is_active:
+        request.session.pop("user_id", None)
+        raise LoginRequired()
+    return user
+
+
+PortalUser = Annotated[User, Depends(portal_user)]
+
+
+def can(user: User, role: str) -> bool:
+    return ROLE_RANK[user.role] >= ROLE_RANK[role]
+
+
+def find_user(session: SessionDep, email: str) -> User | None:
+    return session.scalar(select(User).where(User.email == email.strip().lower()))

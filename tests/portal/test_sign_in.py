@@ -1,0 +1,84 @@
+"""Portal sign-in, CSRF and the firmware page, through the ASGI app (the browser tests come with issue 5)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bota_ota.accounts.service import create_user
+from bota_ota.db import session_scope
+from tests.factories import ApiClient, firmware_bytes
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def portal_user(sessions) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    with session_scope(sessions) as session:
+        create_user(session, email="op@example.com", password="operator-pw", role="operator", actor="test")
+    return "op@example.com", "operator-pw"
+
+
+def csrf(client: TestClient, path: str = "/login") -> str:
+    page = client.get(path)
+    match = CSRF_RE.search(page.text)
+    assert match, page.text
+    return match.group(1)
+
+
+def sign_in(client: TestClient, email: str, password: str) -> None:
+    r = client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": csrf(client)}, follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+
+
+def test_anonymous_visitors_are_sent_to_sign_in(client: TestClient) -> None:
+    for path in ("/", "/firmware"):
+        r = client.get(path, follow_redirects=False)
+        assert (r.status_code, r.headers["location"]) == (303, "/login")
+    assert (
+        client.get("/firmware", headers={"HX-Request": "true"}, follow_redirects=False).headers["hx-redirect"]
+        == "/login"
+    )
+
+
+def test_wrong_password_shows_the_error_beside_the_field(client: TestClient, portal_user: tuple[str, str]) -> None:
+    r = client.post("/login", data={"email": portal_user[0], "password": "nope", "csrf_token": csrf(client)})
+    assert r.status_code == 401
+    assert 'aria-invalid="true"' in r.text and "Wrong e-mail or password." in r.text
+    assert 'value="op@example.com"' in r.text
+    assert client.get("/firmware", follow_redirects=False).status_code == 303
+
+
+def test_forms_without_the_csrf_token_are_refused(client: TestClient, portal_user: tuple[str, str]) -> None:
+    r = client.post("/login", data={"email": portal_user[0], "password": portal_user[1]})
+    assert r.status_code == 403
+    r = client.post("/login", data={"email": portal_user[0], "password": portal_user[1], "csrf_token": "forged"})
+    assert r.status_code == 403
+    assert client.get("/firmware", follow_redirects=False).status_code == 303
+
+
+def test_sign_in_shows_the_firmware_and_sign_out_ends_it(
+    client: TestClient, admin: ApiClient, portal_user: tuple[str, str]
+) -> None:
+    image = firmware_bytes(5000, seed=3)
+    admin.release("v1.2.3", bin=image)
+    sign_in(client, *portal_user)
+    page = client.get("/firmware")
+    assert page.status_code == 200
+    assert "v1.2.3" in page.text and "op@example.com (operator)" in page.text
+    crc = admin.get("/api/v1/firmware").json()[0]["bin"]["crc32"]
+    assert f"{crc:08X}" in page.text
+    session_cookie = client.cookies.get("bota_ota_session")
+    assert session_cookie
+    r = client.post("/logout", data={"csrf_token": csrf(client, "/firmware")}, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/login")
+    assert client.get("/firmware", follow_redirects=False).status_code == 303
+
+
+def test_static_assets_are_served_locally(client: TestClient) -> None:
+    assert client.get("/static/htmx-2.0.11.min.js").status_code == 200
+    assert client.get("/static/portal.css").status_code == 200
