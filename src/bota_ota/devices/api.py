@@ -10,6 +10,7 @@ from bota_ota.devices import service
 from bota_ota.devices.models import Device
 from bota_ota.devices.schemas import DeviceCreate, DeviceCreated, DeviceEventOut, DeviceOut, DeviceToken
 from bota_ota.ota.models import Assignment
+from bota_ota.ota.schemas import AssignmentStatus
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
@@ -46,10 +47,25 @@ def list_devices(
     _: Viewer,
     model: Annotated[str | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
     q: Annotated[str | None, Query(max_length=100, description="Search in id and name")] = None,
+    firmware_version: Annotated[str | None, Query(max_length=64)] = None,
+    online: bool | None = None,
+    assignment_status: Annotated[
+        AssignmentStatus | None, Query(description="Status of each device's latest assignment")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[DeviceOut]:
-    devices, total = service.list_devices(session, model=model, q=q, limit=limit, offset=offset)
+    devices, total = service.list_devices(
+        session,
+        model=model,
+        q=q,
+        firmware_version=firmware_version,
+        online=online,
+        online_window_s=settings.online_window_s,
+        assignment_status=assignment_status,
+        limit=limit,
+        offset=offset,
+    )
     active = service.active_assignments_for(session, [d.id for d in devices])
     response.headers["X-Total-Count"] = str(total)
     return [

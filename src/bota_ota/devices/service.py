@@ -88,11 +88,37 @@ def authenticate_device(session: Session, token: str) -> Device | None:
 
 
 def list_devices(
-    session: Session, *, model: str | None = None, q: str | None = None, limit: int = 100, offset: int = 0
+    session: Session,
+    *,
+    model: str | None = None,
+    q: str | None = None,
+    firmware_version: str | None = None,
+    online: bool | None = None,
+    online_window_s: int = 130,
+    assignment_status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
 ) -> tuple[Sequence[Device], int]:
+    """Devices by id; ``assignment_status`` matches the status of each device's latest assignment."""
     query = select(Device)
     if model:
         query = query.where(Device.model == check_model(model))
+    if firmware_version:
+        query = query.where(Device.firmware_version == firmware_version.strip())
+    if online is not None:
+        since = utcnow() - timedelta(seconds=online_window_s)
+        seen = Device.last_seen_at >= since
+        query = query.where(seen if online else or_(Device.last_seen_at.is_(None), Device.last_seen_at < since))
+    if assignment_status:
+        latest = (
+            select(Assignment.status)
+            .where(Assignment.device_id == Device.id)
+            .order_by(Assignment.created_at.desc(), Assignment.id.desc())
+            .limit(1)
+            .correlate(Device)
+            .scalar_subquery()
+        )
+        query = query.where(latest == assignment_status)
     if q:
         needle = q.strip().lower()
         # autoescape: "_" and "%" in the search are literal characters, not wildcards.

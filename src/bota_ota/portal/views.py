@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from bota_ota.deps import SessionDep
+from bota_ota.deps import SessionDep, SettingsDep
+from bota_ota.devices import service as device_service
 from bota_ota.devices.models import DEVICE_MODELS
 from bota_ota.firmware import service as firmware
 from bota_ota.portal.auth import CsrfChecked, PortalUser, can, csrf_token, find_user
@@ -64,3 +66,57 @@ def firmware_page(request: Request, user: PortalUser, session: SessionDep) -> HT
     releases = firmware.list_releases(session)
     by_model = {code: [r for r in releases if r.model == code] for code in DEVICE_MODELS}
     return render(request, "firmware.html", user=user, by_model=by_model, models=DEVICE_MODELS)
+
+
+PAGE_SIZE = 50
+ASSIGNMENT_FILTERS = ("pending", "delivered", "applied", "failed", "cancelled")
+
+
+@router.get("/devices", response_class=HTMLResponse)
+def devices_page(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    q: Annotated[str, Query(max_length=100)] = "",
+    model: Annotated[str, Query(max_length=32)] = "",
+    version: Annotated[str, Query(max_length=64)] = "",
+    online: Annotated[str, Query(pattern="^(|yes|no)$")] = "",
+    status: Annotated[str, Query(max_length=16)] = "",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    model_filter = model if model in DEVICE_MODELS else None
+    status_filter = status if status in ASSIGNMENT_FILTERS else None
+    rows, total = device_service.list_devices(
+        session,
+        model=model_filter,
+        q=q or None,
+        firmware_version=version or None,
+        online={"yes": True, "no": False}.get(online),
+        online_window_s=settings.online_window_s,
+        assignment_status=status_filter,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
+    )
+    active = device_service.active_assignments_for(session, [d.id for d in rows])
+    devices = [
+        device_service.device_out(
+            d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+        )
+        for d in rows
+    ]
+    pages = max(1, -(-total // PAGE_SIZE))
+    filters = {"q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or ""}
+    return render(
+        request,
+        "devices.html",
+        user=user,
+        devices=devices,
+        total=total,
+        page=page,
+        pages=pages,
+        filters=filters,
+        models=DEVICE_MODELS,
+        statuses=ASSIGNMENT_FILTERS,
+        query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
+    )
