@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from tests.factories import ApiClient, heartbeat
 from tests.portal.support import sign_in
 
-ROW_RE = re.compile(r"<tr>\s*<td>([^<\s]+)")
+ROW_RE = re.compile(r'<tr>\s*<td><a href="/devices/([^"]+)"')
 
 
 def ids(client: TestClient, query: str = "") -> list[str]:

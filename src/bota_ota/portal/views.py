@@ -9,11 +9,16 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
+from bota_ota.accounts.models import User
+from bota_ota.config import Settings
 from bota_ota.deps import SessionDep, SettingsDep
 from bota_ota.devices import service as device_service
 from bota_ota.devices.models import DEVICE_MODELS
+from bota_ota.errors import Conflict, Forbidden, ValidationFailed
 from bota_ota.firmware import service as firmware
+from bota_ota.ota import service as ota_service
 from bota_ota.portal.auth import CsrfChecked, PortalUser, can, csrf_token, find_user
 from bota_ota.security import verify_password
 
@@ -120,3 +125,80 @@ def devices_page(
         statuses=ASSIGNMENT_FILTERS,
         query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
     )
+
+
+def _require(user: User, role: str) -> None:
+    if not can(user, role):
+        raise Forbidden(f"this needs the {role} role; you are {user.role}")
+
+
+def _device_context(session: Session, settings: Settings, device_id: str) -> dict[str, Any]:
+    device = device_service.get_device(session, device_id)
+    active = device_service.active_assignments_for(session, [device.id]).get(device.id)
+    out = device_service.device_out(
+        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
+    return {"device": out, "active": active}
+
+
+def _device_page(session: Session, settings: Settings, device_id: str, tab: str) -> dict[str, Any]:
+    ctx = _device_context(session, settings, device_id)
+    device = ctx["device"]
+    ctx.update(tab=tab, models=DEVICE_MODELS, error=None)
+    if tab == "ota":
+        ctx["releases"] = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
+        history, _ = ota_service.list_assignments(session, device_id=device.id, limit=50)
+        ctx["history"] = history
+        ctx["events"] = {a.id: ota_service.get_assignment(session, a.id, with_events=True).events for a in history[:10]}
+    elif tab == "activity":
+        ctx["activity"] = device_service.list_device_events(session, device.id, limit=100)
+    return ctx
+
+
+@router.get("/devices/{device_id}", response_class=HTMLResponse)
+def device_page(
+    request: Request,
+    device_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    tab: Annotated[str, Query(pattern="^(overview|ota|activity)$")] = "overview",
+) -> HTMLResponse:
+    return render(request, "device.html", user=user, **_device_page(session, settings, device_id, tab))
+
+
+@router.get("/devices/{device_id}/ota-status", response_class=HTMLResponse)
+def ota_status(
+    request: Request, device_id: str, user: PortalUser, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The live status badge of the OTA tab; HTMX polls it, so the page never needs a reload."""
+    ctx = _device_context(session, settings, device_id)
+    latest, _ = ota_service.list_assignments(session, device_id=device_id, limit=1)
+    return render(request, "_ota_status.html", user=user, latest=latest[0] if latest else None, **ctx)
+
+
+@router.post("/devices/{device_id}/assign", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def assign(
+    request: Request,
+    device_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    release_id: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    _require(user, "operator")
+    try:
+        if not release_id:
+            raise ValidationFailed("Choose a release.", field="release_id")
+        ota_service.create_assignment(session, device_id=device_id, release_id=release_id, actor=f"user:{user.email}")
+    except (ValidationFailed, Conflict) as exc:  # shown beside the release dropdown
+        context = {**_device_page(session, settings, device_id, "ota"), "error": exc.detail}
+        return render(request, "device.html", status_code=exc.status, user=user, **context)
+    return RedirectResponse(f"/devices/{device_id}?tab=ota", status_code=303)
+
+
+@router.post("/assignments/{assignment_id}/cancel", dependencies=[CsrfChecked])
+def cancel(assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
+    _require(user, "operator")
+    assignment = ota_service.cancel_assignment(session, assignment_id, actor=f"user:{user.email}")
+    return RedirectResponse(f"/devices/{assignment.device_id}?tab=ota", status_code=303)
