@@ -7,13 +7,14 @@ and rolls back on error (see ``session_scope``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING_CONVENTION = {
@@ -105,6 +106,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+def insert_or_raise(session: Session, obj: Base, conflict: Callable[[], Exception]) -> None:
+    """Insert ``obj`` in a savepoint; if a unique constraint refuses it, raise ``conflict()``.
+
+    The add sits inside the savepoint, so a refused insert rolls back only the savepoint and the caller's
+    transaction stays usable (on PostgreSQL, adding outside it would poison the whole transaction).
+    """
+    try:
+        with session.begin_nested():
+            session.add(obj)
+            session.flush()
+    except IntegrityError:
+        raise conflict() from None
 
 
 @contextmanager

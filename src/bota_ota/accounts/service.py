@@ -4,12 +4,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bota_ota.accounts.models import ROLES, ApiToken, User
 from bota_ota.audit import service as audit
-from bota_ota.db import utcnow
+from bota_ota.db import insert_or_raise, utcnow
 from bota_ota.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.security import hash_password, hash_token, new_token
 
@@ -93,20 +92,21 @@ def authenticate_api_token(session: Session, secret: str) -> Principal | None:
     return Principal(kind="token", id=token.id, name=token.name, role=token.role)
 
 
-def create_user(session: Session, *, email: str, password: str, role: str, actor: str) -> User:
+def check_credentials(email: str, password: str) -> str:
+    """Validate a new account's e-mail and password (portal and app users alike); return the e-mail normalised."""
     email = email.strip().lower()
     if "@" not in email or len(email) > 254:
         raise ValidationFailed("email must be an e-mail address", field="email")
     if len(password) < 8:
         raise ValidationFailed("password must be at least 8 characters", field="password")
+    return email
+
+
+def create_user(session: Session, *, email: str, password: str, role: str, actor: str) -> User:
+    email = check_credentials(email, password)
     _check_role(role)
     user = User(email=email, password_hash=hash_password(password), role=role)
-    try:
-        with session.begin_nested():
-            session.add(user)
-            session.flush()
-    except IntegrityError:
-        raise Conflict(f"a user with e-mail {email} already exists", field="email") from None
+    insert_or_raise(session, user, lambda: Conflict(f"a user with e-mail {email} already exists", field="email"))
     audit.record(
         session,
         actor=actor,

@@ -5,11 +5,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bota_ota.audit import service as audit
-from bota_ota.db import utcnow
+from bota_ota.db import insert_or_raise, utcnow
 from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.devices.schemas import DeviceOut
 from bota_ota.errors import Conflict, NotFound
@@ -36,12 +35,7 @@ def register_device(
         name=(name or "").strip() or None,
         token_hash=hash_token(token),
     )
-    try:
-        with session.begin_nested():
-            session.add(device)
-            session.flush()
-    except IntegrityError:
-        raise Conflict(f"device {device_id} is already registered", field="id") from None
+    insert_or_raise(session, device, lambda: Conflict(f"device {device_id} is already registered", field="id"))
     audit.record(
         session,
         actor=actor,

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bota_ota.audit import service as audit
+from bota_ota.db import insert_or_raise
 from bota_ota.devices.models import DEVICE_MODELS
 from bota_ota.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.firmware.models import ARTIFACT_KINDS, Artifact, Release
@@ -86,15 +87,14 @@ def create_release(session: Session, store: BlobStore, form: ParsedForm, *, acto
     """
     version, model, notes, released = validate_form(form)
     key = normalize_version(version)
+
+    def duplicate() -> Conflict:
+        return Conflict(f"{DEVICE_MODELS[model]} already has a release {version}", field="version")
+
     if find_release_by_version(session, model, version) is not None:
-        raise Conflict(f"{DEVICE_MODELS[model]} already has a release {version}", field="version")
+        raise duplicate()
     release = Release(model=model, version=version, version_key=key, notes=notes, released=released, created_by=actor)
-    try:
-        with session.begin_nested():
-            session.add(release)
-            session.flush()
-    except IntegrityError:
-        raise Conflict(f"{DEVICE_MODELS[model]} already has a release {version}", field="version") from None
+    insert_or_raise(session, release, duplicate)
     for kind in ARTIFACT_KINDS:
         received = form.files.get(kind)
         if received is None:
@@ -151,7 +151,8 @@ def list_releases(session: Session, *, model: str | None = None, released: bool 
     if released is not None:
         query = query.where(Release.released == released)
     rows = list(session.scalars(query).all())
-    rows.sort(key=lambda r: (r.model, version_sort_key(r.version)), reverse=True)
+    # Newest version first; the second, stable sort groups them by model.
+    rows.sort(key=lambda r: version_sort_key(r.version), reverse=True)
     rows.sort(key=lambda r: r.model)
     return rows
 

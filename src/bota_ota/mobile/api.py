@@ -63,12 +63,9 @@ def login(body: Login, session: SessionDep, settings: SettingsDep) -> LoginReply
 
 @router.get("/devices", response_model=list[AppDevice], summary="The devices this user owns")
 def my_devices(user: AppUserDep, session: SessionDep, settings: SettingsDep) -> list[AppDevice]:
-    from sqlalchemy import select
-
-    from bota_ota.devices.models import Device
-
-    devices = session.scalars(select(Device).where(Device.owner_id == user.id).order_by(Device.id)).all()
-    return [service.app_device(d, ble_timeout_s=settings.ble_relay_timeout_s) for d in devices]
+    return [
+        service.app_device(d, ble_timeout_s=settings.ble_relay_timeout_s) for d in service.owned_devices(session, user)
+    ]
 
 
 @router.post("/devices/claim", response_model=AppDevice, summary="Claim a device with its claim code")

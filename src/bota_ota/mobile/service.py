@@ -6,11 +6,11 @@ from datetime import timedelta
 from typing import Literal
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bota_ota.accounts.service import check_credentials
 from bota_ota.audit import service as audit
-from bota_ota.db import utcnow
+from bota_ota.db import insert_or_raise, utcnow
 from bota_ota.devices.models import Device
 from bota_ota.devices.service import ble_active, record_device_event
 from bota_ota.errors import Conflict, NotFound, Unauthorized, ValidationFailed
@@ -27,22 +27,15 @@ from bota_ota.storage import BlobStore
 _DUMMY_HASH = hash_password("not-a-real-password")
 
 APP_TOKEN_PREFIX = "bota_ap"
+
+
 # ---- app users and sessions ------------------------------------------------------------------------
 
 
 def create_app_user(session: Session, *, email: str, password: str, actor: str) -> AppUser:
-    email = email.strip().lower()
-    if "@" not in email:
-        raise ValidationFailed("email must be an e-mail address", field="email")
-    if len(password) < 8:
-        raise ValidationFailed("password must be at least 8 characters", field="password")
+    email = check_credentials(email, password)
     user = AppUser(email=email, password_hash=hash_password(password), created_by=actor)
-    try:
-        with session.begin_nested():
-            session.add(user)
-            session.flush()
-    except IntegrityError:
-        raise Conflict(f"an app user with e-mail {email} already exists", field="email") from None
+    insert_or_raise(session, user, lambda: Conflict(f"an app user with e-mail {email} already exists", field="email"))
     audit.record(
         session,
         actor=actor,
@@ -82,6 +75,10 @@ def authenticate_app_token(session: Session, secret: str) -> AppUser | None:
     if token is None or token.expires_at <= utcnow():
         return None
     return session.get(AppUser, token.user_id)
+
+
+def owned_devices(session: Session, user: AppUser) -> list[Device]:
+    return list(session.scalars(select(Device).where(Device.owner_id == user.id).order_by(Device.id)).all())
 
 
 # ---- ownership ---------------------------------------------------------------------------------------

@@ -16,11 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from bota_ota.audit import service as audit
-from bota_ota.db import new_id, utcnow
+from bota_ota.db import insert_or_raise, new_id, utcnow
 from bota_ota.devices.models import DEVICE_MODELS, Device
 from bota_ota.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.firmware.models import Release
@@ -91,14 +90,8 @@ def create_assignment(session: Session, *, device_id: str, release_id: str, acto
         created_at=utcnow(),
     )
     add_event(assignment, "created", actor=actor, release_id=release.id, version=release.version)
-    try:
-        # The partial unique index is the real guard: of two concurrent requests only one insert lands.
-        # The add sits inside the savepoint so a refused insert rolls back only the savepoint.
-        with session.begin_nested():
-            session.add(assignment)
-            session.flush()
-    except IntegrityError:
-        raise _already_active(device.id, active_assignment(session, device.id)) from None
+    # The partial unique index is the real guard: of two concurrent requests only one insert lands.
+    insert_or_raise(session, assignment, lambda: _already_active(device.id, active_assignment(session, device.id)))
     audit.record(
         session,
         actor=actor,
