@@ -173,9 +173,10 @@ class SimDevice:
         self._ble_free.set()
         self._task: asyncio.Task[None] | None = None
         self.unauthorized = False
-        # Assignments this device gave up on: a manifest for one of them that was already in flight
-        # when the failure happened must not start the update again.
-        self._given_up: set[str] = set()
+        # Assignments this device finished (applied or gave up on): a manifest for one of them that
+        # was already in flight when the update ended must not start it again.
+        self._finished: set[str] = set()
+        self._heartbeat_in_flight = False
 
     # ---- public controls ---------------------------------------------------------------------
     @property
@@ -191,7 +192,8 @@ class SimDevice:
 
     @property
     def heartbeat_paused(self) -> bool:
-        return not self._ble_free.is_set()
+        """True once the heartbeat is paused *and* no heartbeat sent before the pause is still in flight."""
+        return not self._ble_free.is_set() and not self._heartbeat_in_flight
 
     def pause_heartbeat(self) -> None:
         """A phone connected over BLE: the app relays our status now."""
@@ -215,7 +217,11 @@ class SimDevice:
             if not self._ble_free.is_set():
                 await _sleep_or(stop, 3600, self._ble_free)
                 continue
-            await self.heartbeat()
+            self._heartbeat_in_flight = True
+            try:
+                await self.heartbeat()
+            finally:
+                self._heartbeat_in_flight = False
             self._wake.clear()
             await _sleep_or(stop, self.interval_s, self._wake)
         if self._task is not None:
@@ -271,8 +277,10 @@ class SimDevice:
                 self.job.url, self.job.expires_at = job.url, job.expires_at
                 self._url_renewed.set()
             return
-        if self.state != "idle" or self.recording or job.assignment_id in self._given_up:
+        if self.state != "idle" or self.recording or job.assignment_id in self._finished:
             return
+        if job.version == self.firmware_version:
+            return  # a stale manifest (a reply to a heartbeat sent before we rebooted onto it)
         self.job = job
         self._task = asyncio.create_task(self._update(job), name=f"ota-{self.device_id}")
 
@@ -305,6 +313,7 @@ class SimDevice:
             self._report("rebooting")
             await self._reboot()
             self.firmware_version = job.version
+            self._finished.add(job.assignment_id)
             self.stats.applied += 1
             self.ota_report = None
             self.state = "idle"
@@ -323,7 +332,7 @@ class SimDevice:
     def _fail(self, error: str) -> None:
         self.stats.failed[error] += 1
         if self.job is not None:
-            self._given_up.add(self.job.assignment_id)
+            self._finished.add(self.job.assignment_id)
         self._report("failed", error=error)
         self.job = None
         self.state = "idle"
