@@ -41,5 +41,8 @@ fmt: install ## Format and fix lint
 	.venv/bin/ruff format src tests benchmarks
 	.venv/bin/ruff check --fix src tests benchmarks
 
+bench: install ## Run the benchmarks and print their table (docs/performance.md); ARGS="--quick" or "--only a,c"
+	.venv/bin/python -m benchmarks $(ARGS)
+
 clean: ## Remove the venv, tools and caches (keeps ./data)
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache tests/s3server/node_modules
