@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 from benchmarks import seed
 from benchmarks.common import (
-    CpuWindow,
     Options,
     Processes,
     Row,
@@ -31,6 +30,7 @@ from benchmarks.common import (
     wait_http,
 )
 from benchmarks.pg import Postgres
+from benchmarks.procfs import CpuWindow
 from benchmarks.tokens import device_token
 
 CONNECTIONS = 4

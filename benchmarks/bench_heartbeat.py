@@ -21,7 +21,6 @@ from typing import Any
 from benchmarks import seed
 from benchmarks.common import (
     BENCH_DIR,
-    CpuWindow,
     Options,
     Processes,
     Row,
@@ -33,6 +32,7 @@ from benchmarks.common import (
     start_hello,
 )
 from benchmarks.pg import Postgres
+from benchmarks.procfs import CpuWindow
 from benchmarks.tokens import device_token
 
 HEARTBEAT_PATH = "/api/device/v1/heartbeat"
@@ -169,7 +169,7 @@ def _rows(config: str, database: str, runs: list[dict[str, Any]], opts: Options)
             "a heartbeat",
             config,
             f"p99 at {opts.rate:,.0f}/s (open loop)",
-            f"{p99:,.1f} ms, {achieved:,.0f}/s done",
+            (f"{p99:,.1f} ms" if p99 != float("inf") else "no reply (> 1 % lost)") + f", {achieved:,.0f}/s done",
             f"hello {hello_p99:,.1f} ms",
             None,
             f"< {TARGET_P99_MS:.0f} ms",

@@ -25,7 +25,6 @@ from sqlalchemy import func, select, text
 from benchmarks import seed
 from benchmarks.common import (
     SECRET_KEY,
-    CpuWindow,
     Options,
     Processes,
     Row,
@@ -34,6 +33,7 @@ from benchmarks.common import (
     start_bota,
 )
 from benchmarks.pg import Postgres
+from benchmarks.procfs import CpuWindow
 from benchmarks.tokens import device_id
 from bota_ota.db import make_engine
 from bota_ota.devices.models import Device

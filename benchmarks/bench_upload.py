@@ -17,20 +17,15 @@ from typing import Any
 from benchmarks import seed
 from benchmarks.common import (
     CACHE_DIR,
-    CpuWindow,
     Options,
-    PeakSampler,
     Processes,
     Row,
     Server,
     log,
-    process_tree,
-    reset_peak_rss,
-    rss_bytes,
     start_bota,
-    status_kib,
 )
 from benchmarks.pg import Postgres
+from benchmarks.procfs import CpuWindow, PeakSampler, process_tree, reset_peak_rss, rss_bytes, status_kib
 
 TARGET_MB = 64
 MIB = 1024 * 1024
