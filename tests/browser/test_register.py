@@ -1,0 +1,51 @@
+"""Registering a device in a real browser: the token and claim code are shown once, and the token works."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.support import Portal, sign_in
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+
+def test_register_a_device_and_its_token_works(page: Page, portal: Portal) -> None:
+    sign_in(page, *portal.create_user("op@example.com", "operator"))
+    page.goto("/devices")
+    page.get_by_role("link", name="Register device").click()
+
+    page.get_by_label("Serial number").fill("BP-000777")
+    page.get_by_label("Model").select_option(label="Bota Pin")
+    page.get_by_label("Name").fill("Meeting room")
+    page.get_by_role("button", name="Register device").click()
+
+    token = page.locator("#device-token")
+    expect(token).to_have_text(re.compile(r"^bota_dt_\S+$"))
+    expect(page.locator("#claim-code")).to_have_text(re.compile(r"\S{6,}"))
+    device_token = token.inner_text().strip()
+
+    reply = portal.heartbeat(device_token, "v1.0.0", battery=80)
+    assert "ota" not in reply or reply["ota"] is None
+    device = portal.api.get("/api/v1/devices/BP-000777").json()
+    assert device["name"] == "Meeting room"
+    assert device["model"] == "bota-pin"
+    assert device["firmware_version"] == "v1.0.0"
+
+    # Shown once: the device's own page never shows the token again.
+    page.goto("/devices/BP-000777")
+    expect(page.get_by_role("heading", name="BP-000777")).to_be_visible()
+    expect(page.locator("#device-token")).to_have_count(0)
+    assert device_token not in page.content()
+
+
+def test_a_viewer_cannot_register_devices(page: Page, portal: Portal) -> None:
+    sign_in(page, *portal.create_user("viewer@example.com", "viewer"))
+    page.goto("/devices")
+    expect(page.get_by_role("heading", name=re.compile("^Devices"))).to_be_visible()
+    expect(page.get_by_role("link", name="Register device")).to_have_count(0)
+    response = page.goto("/devices/new")
+    assert response is not None
+    assert response.status == 403
