@@ -5,7 +5,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help serve test test-sqlite test-postgres lint typecheck fmt install clean
+.PHONY: help serve test test-sqlite test-postgres lint typecheck fmt install clean screenshots
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ tests/s3server/node_modules/.package-lock.json: tests/s3server/package-lock.json
 
 test: install tests/s3server/node_modules/.package-lock.json ## Run the whole test suite (SQLite; PostgreSQL too when BOTA_OTA_TEST_DATABASE_URL is set)
 	scripts/test $(PYTEST_ARGS)
+
+screenshots: install ## Save PNGs of the portal's main pages under docs/screenshots/ (needs Debian's chromium)
+	.venv/bin/python -m tests.browser.screenshots
 
 lint: install ## ruff lint + format check
 	.venv/bin/ruff check src tests benchmarks
