@@ -1,9 +1,12 @@
 """(c) Downloads: MB/s through the local signed-URL path (/dl/) against Debian's nginx serving the same file.
 
 The URL is the one a device gets: from the manifest in a heartbeat reply. nginx runs from a temporary
-config (its own prefix, pid and logs, not a daemon) with the settings a stock static-file server has:
-``sendfile on``, no access log, the same number of worker processes as the bota-ota server. Both are
-read by the same client: wrk, one thread, a few connections, each request the whole file.
+config (its own prefix, pid and logs, not a daemon), no access log, the same number of worker processes
+as the bota-ota server, and is measured twice: with ``sendfile on`` (Debian's default configuration) and
+with ``sendfile off``. On loopback in a VM the copy through user space was the faster of the two (about
+2.3 GB/s against 0.9 GB/s measured here), so the baseline is whichever is faster in this run: the ratio
+is against the best nginx does on this machine. Both servers are read by the same client: wrk, one
+thread, a few connections, each request the whole file.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
-    sendfile on;
+    sendfile {sendfile};
     tcp_nopush on;
     default_type application/octet-stream;
     client_body_temp_path {prefix}/client_body;
@@ -75,12 +78,21 @@ def manifest_url(server: Server) -> str:
     return str(reply["ota"]["url"])
 
 
-def start_nginx(procs: Processes, blobs: Path, workers: int, scratch: Path) -> Server:
+def start_nginx(procs: Processes, blobs: Path, workers: int, scratch: Path, *, sendfile: bool = True) -> Server:
     prefix = Path(tempfile.mkdtemp(prefix="nginx-", dir=scratch))
     port = free_port()
     user = "user root;" if os.geteuid() == 0 else ""  # worker processes must read the blob under /tmp
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workers=workers, prefix=prefix, user=user, port=port, blobs=blobs.resolve()))
+    conf.write_text(
+        NGINX_CONF.format(
+            workers=workers,
+            prefix=prefix,
+            user=user,
+            port=port,
+            blobs=blobs.resolve(),
+            sendfile="on" if sendfile else "off",
+        )
+    )
     proc = procs.start("nginx", [nginx_bin(), "-p", prefix, "-c", conf, "-e", prefix / "error.log"])
     server = Server(proc, port, workers)
     wait_http(server.url + "/dl/", proc)
@@ -110,21 +122,26 @@ def run(opts: Options, procs: Processes, pg: Postgres | None) -> tuple[dict[str,
         url = manifest_url(server)
         bota = measure(url, server.proc.pid, opts, size)
         procs.stop(server.proc)
-        log(f"(c) {config}: nginx")
-        nginx = start_nginx(procs, inst.data_dir / "blobs", workers, opts.scratch)
-        parts = urlsplit(url)
-        nginx_result = measure(f"{nginx.url}{parts.path}?{parts.query}", nginx.proc.pid, opts, size)
-        procs.stop(nginx.proc)
+        nginx_runs: dict[str, dict[str, Any]] = {}
+        for sendfile in (True, False):
+            variant = f"sendfile {'on' if sendfile else 'off'}"
+            log(f"(c) {config}: nginx, {variant}")
+            nginx = start_nginx(procs, inst.data_dir / "blobs", workers, opts.scratch, sendfile=sendfile)
+            parts = urlsplit(url)
+            nginx_runs[variant] = measure(f"{nginx.url}{parts.path}?{parts.query}", nginx.proc.pid, opts, size)
+            procs.stop(nginx.proc)
+        best = max(nginx_runs, key=lambda v: nginx_runs[v]["mb_per_s"])
+        nginx_result = nginx_runs[best]
         ratio = bota["mb_per_s"] / nginx_result["mb_per_s"] if nginx_result["mb_per_s"] else 0.0
-        raw["configs"][config] = {"bota_ota": bota, "nginx": nginx_result, "ratio": round(ratio, 3)}
-        log(f"(c) {config}: {bota['mb_per_s']:.0f} MB/s vs nginx {nginx_result['mb_per_s']:.0f} MB/s")
+        raw["configs"][config] = {"bota_ota": bota, "nginx": nginx_runs, "baseline": best, "ratio": round(ratio, 3)}
+        log(f"(c) {config}: {bota['mb_per_s']:.0f} MB/s vs nginx {nginx_result['mb_per_s']:.0f} MB/s ({best})")
         rows.append(
             Row(
                 "c downloads",
                 config,
                 f"MB/s through /dl/ (wrk, {CONNECTIONS} conns)",
                 f"{bota['mb_per_s']:,.0f} MB/s",
-                f"nginx {nginx_result['mb_per_s']:,.0f} MB/s",
+                f"nginx {nginx_result['mb_per_s']:,.0f} MB/s ({best})",
                 ratio,
                 f"≥ {TARGET_RATIO} x nginx",
                 ratio >= TARGET_RATIO,
