@@ -28,6 +28,7 @@ from bota_ota.mobile.api import mgmt_router as app_users_router
 from bota_ota.mobile.api import router as mobile_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.device_api import router as device_router
+from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
 from bota_ota.storage import make_blob_store
@@ -86,6 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mobile_router,
         app_users_router,
         portal_router,
+        firmware_views.router,
+        device_views.router,
+        admin_views.router,
     ):
         app.include_router(router)
 

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         None,
         description="Signs local download URLs. Default: generated once and kept in <data_dir>/secret_key.",
     )
+    login_max_failures: int = Field(
+        5, ge=1, le=1000, description="Failed portal sign-ins per e-mail address before it is locked for a while."
+    )
+    login_window_s: int = Field(
+        15 * 60, ge=10, le=86400, description="The window of the login rate limit (and how long a lock lasts)."
+    )
     secure_cookies: bool = Field(False, description="Send the portal cookie over HTTPS only (set it in production).")
     log_level: str = "info"
 

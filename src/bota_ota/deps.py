@@ -78,12 +78,13 @@ class DatabaseAdmissionMiddleware:
     nothing. On SQLite, write requests also queue on a lock: one writer at a time, in arrival order,
     instead of forty threads waiting inside SQLite, whose busy handler sleeps up to 100 ms per retry.
 
-    Downloads and the API docs never touch the database and are not held back. The firmware upload waits
-    for the write lock itself, only around its database work (its body may take minutes to arrive).
+    Downloads and the API docs never touch the database and are not held back. The firmware uploads (API
+    and portal) wait for the write lock themselves, only around their database work (a body may take
+    minutes to arrive).
     """
 
     NO_DATABASE_PREFIXES = ("/dl/", "/docs", "/redoc", "/openapi.json", "/static/")
-    WRITE_LOCK_EXEMPT = frozenset({"/api/v1/firmware"})
+    WRITE_LOCK_EXEMPT = frozenset({"/api/v1/firmware", "/firmware/upload"})
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import select
 
 from bota_ota.accounts import service
-from bota_ota.accounts.models import User
 from bota_ota.accounts.schemas import Me, TokenCreate, TokenCreated, TokenOut, UserCreate, UserOut
 from bota_ota.deps import Admin, CurrentPrincipal, SessionDep
 
@@ -40,4 +38,4 @@ def create_user(body: UserCreate, session: SessionDep, principal: Admin) -> User
 
 @router.get("/users", response_model=list[UserOut], summary="List portal users (admin)")
 def list_users(session: SessionDep, _: Admin) -> list[UserOut]:
-    return [UserOut.model_validate(u) for u in session.scalars(select(User).order_by(User.email)).all()]
+    return [UserOut.model_validate(u) for u in service.list_users(session)]

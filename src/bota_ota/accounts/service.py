@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from bota_ota.accounts.models import ROLES, ApiToken, User
+from bota_ota.accounts.models import ROLES, ApiToken, LoginAttempt, User
 from bota_ota.audit import service as audit
 from bota_ota.db import insert_or_raise, utcnow
 from bota_ota.errors import Conflict, NotFound, ValidationFailed
@@ -120,3 +121,81 @@ def create_user(session: Session, *, email: str, password: str, role: str, actor
 
 def count_users(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(User)) or 0
+
+
+def list_users(session: Session) -> Sequence[User]:
+    return session.scalars(select(User).order_by(User.email)).all()
+
+
+def _active_admins(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(User).where(User.role == "admin", User.is_active)) or 0
+
+
+def update_user(
+    session: Session, user_id: str, *, role: str | None = None, is_active: bool | None = None, actor: str
+) -> User:
+    """Change a user's role or (de)activate them. The last active admin can be neither demoted nor
+    deactivated: someone must always be able to manage users."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    changes: dict[str, object] = {}
+    if role is not None and role != user.role:
+        _check_role(role)
+        changes["role"] = role
+    if is_active is not None and is_active != user.is_active:
+        changes["is_active"] = is_active
+    if not changes:
+        return user
+    loses_admin = user.role == "admin" and user.is_active and (changes.get("role") or changes.get("is_active") is False)
+    if loses_admin and _active_admins(session) <= 1:
+        raise Conflict(f"{user.email} is the last active admin", field="role" if "role" in changes else "is_active")
+    if "role" in changes:
+        user.role = role  # type: ignore[assignment]
+    if "is_active" in changes:
+        user.is_active = bool(is_active)
+    audit.record(session, actor=actor, action="user.update", target_type="user", target_id=user.id, detail=changes)
+    session.flush()
+    return user
+
+
+# ---- the portal's login rate limit ----------------------------------------------------------------
+# Failed sign-ins are rows (not process memory) so all instances share the count. Per e-mail address the
+# limit is ``max_failures`` in ``window_s``; per client address it is ten times that, so one address cannot
+# try many accounts either, while a whole office behind one NAT can still sign in.
+IP_FACTOR = 10
+
+
+def _login_keys(email: str, client_ip: str | None) -> tuple[str, str | None]:
+    return f"email:{email.strip().lower()[:254]}", (f"ip:{client_ip}" if client_ip else None)
+
+
+def login_retry_after(
+    session: Session, email: str, client_ip: str | None, *, max_failures: int, window_s: int
+) -> int | None:
+    """Seconds until this e-mail (or client) may try again, or None when a sign-in may be attempted."""
+    since = utcnow() - timedelta(seconds=window_s)
+    email_key, ip_key = _login_keys(email, client_ip)
+    for key, limit in ((email_key, max_failures), (ip_key, max_failures * IP_FACTOR)):
+        if key is None:
+            continue
+        count, oldest = session.execute(
+            select(func.count(), func.min(LoginAttempt.at)).where(LoginAttempt.key == key, LoginAttempt.at >= since)
+        ).one()
+        if count >= limit and oldest is not None:
+            return max(1, int((oldest + timedelta(seconds=window_s) - utcnow()).total_seconds()) + 1)
+    return None
+
+
+def record_login_failure(session: Session, email: str, client_ip: str | None, *, window_s: int) -> None:
+    email_key, ip_key = _login_keys(email, client_ip)
+    session.add(LoginAttempt(key=email_key))
+    if ip_key:
+        session.add(LoginAttempt(key=ip_key))
+    # Old rows are of no use to anyone: prune them here rather than in a periodic job.
+    session.execute(delete(LoginAttempt).where(LoginAttempt.at < utcnow() - timedelta(seconds=window_s)))
+
+
+def clear_login_failures(session: Session, email: str) -> None:
+    email_key, _ = _login_keys(email, None)
+    session.execute(delete(LoginAttempt).where(LoginAttempt.key == email_key))

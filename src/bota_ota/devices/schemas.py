@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from bota_ota.ota.schemas import AssignmentSummary
 from bota_ota.schemas_base import InputModel
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)
+DEVICE_ID_MESSAGE = "id must be 1-64 characters: letters, digits, '.', '_' or '-' (e.g. BP-000123)"
 DeviceModel = Literal["bota-pin", "bota-pin-pro", "bota-note"]
 
 
@@ -23,7 +25,7 @@ class DeviceCreate(InputModel):
     def _check_id(cls, value: str) -> str:
         value = value.strip()
         if not DEVICE_ID_RE.match(value):
-            raise ValueError("id must be 1-64 characters: letters, digits, '.', '_' or '-' (e.g. BP-000123)")
+            raise ValueError(DEVICE_ID_MESSAGE)
         return value
 
 

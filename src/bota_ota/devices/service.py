@@ -10,14 +10,24 @@ from sqlalchemy.orm import Session
 from bota_ota.audit import service as audit
 from bota_ota.db import insert_or_raise, utcnow
 from bota_ota.devices.models import Device, DeviceEvent
-from bota_ota.devices.schemas import DeviceOut
-from bota_ota.errors import Conflict, NotFound
+from bota_ota.devices.schemas import DEVICE_ID_MESSAGE, DEVICE_ID_RE, DeviceOut
+from bota_ota.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.firmware.service import check_model
+from bota_ota.firmware.versions import InvalidVersion, normalize_version, version_sort_key
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
 from bota_ota.ota.schemas import AssignmentSummary
 from bota_ota.security import hash_claim_code, hash_token, new_claim_code, new_token
 
 DEVICE_TOKEN_PREFIX = "bota_dt"
+
+
+def check_device_id(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValidationFailed("the serial number is required, e.g. BP-000123", field="id")
+    if not DEVICE_ID_RE.match(value):
+        raise ValidationFailed(DEVICE_ID_MESSAGE, field="id")
+    return value
 
 
 def register_device(
@@ -168,3 +178,43 @@ def device_out(
         owner=device.owner.email if device.owner else None,
         active_assignment=AssignmentSummary.model_validate(active) if active else None,
     )
+
+
+def fleet_counts(session: Session, *, online_window_s: int) -> tuple[int, int]:
+    """(devices registered, devices online now)."""
+    since = utcnow() - timedelta(seconds=online_window_s)
+    total, online = session.execute(
+        select(func.count(), func.count().filter(Device.last_seen_at >= since)).select_from(Device)
+    ).one()
+    return int(total), int(online or 0)
+
+
+def firmware_distribution(session: Session) -> dict[str, list[tuple[str, int]]]:
+    """Devices per reported firmware version for each model, newest version first ("unknown" last).
+
+    Versions that differ only in spelling (``1.2.0`` and ``v1.2.0``) count as one, shown as reported by
+    most devices. One GROUP BY over the devices table: cheap even for a large fleet.
+    """
+    rows = session.execute(
+        select(Device.model, Device.firmware_version, func.count()).group_by(Device.model, Device.firmware_version)
+    ).all()
+    merged: dict[str, dict[str, list[tuple[int, str]]]] = {}
+    for model, version, count in rows:
+        try:
+            key = normalize_version(version) if version else "unknown"
+        except InvalidVersion:
+            key = str(version)
+        merged.setdefault(model, {}).setdefault(key, []).append((int(count), version or "unknown"))
+    out: dict[str, list[tuple[str, int]]] = {}
+    for model, by_key in merged.items():
+        items = [(max(spellings)[1], sum(c for c, _ in spellings)) for spellings in by_key.values()]
+        items.sort(key=lambda item: _version_order(item[0]), reverse=True)
+        out[model] = items
+    return out
+
+
+def _version_order(version: str) -> tuple[int, Any]:
+    try:
+        return (1, version_sort_key(version))
+    except InvalidVersion:
+        return (0, version)  # unknown and unparseable versions sort last

@@ -226,3 +226,10 @@ def release_out(release: Release) -> ReleaseOut:
         bin=art("bin"),
         ufw=art("ufw"),
     )
+
+
+def referenced_release_ids(session: Session, release_ids: Sequence[str]) -> set[str]:
+    """Which of these releases some assignment references (and so cannot be deleted)."""
+    if not release_ids:
+        return set()
+    return set(session.scalars(select(Assignment.release_id).where(Assignment.release_id.in_(release_ids)).distinct()))

@@ -190,3 +190,11 @@ def mark_failed(assignment: Assignment, *, error: str, channel: str, actor: str 
 
 def applied_by_version(assignment: Assignment, firmware_version: str) -> bool:
     return versions_equal(firmware_version, assignment.version)
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """Assignments per status, every status present (zero when there are none)."""
+    counts = dict.fromkeys(ASSIGNMENT_STATUSES, 0)
+    for status, count in session.execute(select(Assignment.status, func.count()).group_by(Assignment.status)).all():
+        counts[status] = int(count)
+    return counts

@@ -63,3 +63,8 @@ def can(user: User, role: str) -> bool:
 
 def find_user(session: SessionDep, email: str) -> User | None:
     return session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
+def flash(request: Request, message: str, *, error: bool = False) -> None:
+    """A one-time message shown on the next page (kept in the signed session cookie)."""
+    request.session["flash"] = {"message": message, "error": error}

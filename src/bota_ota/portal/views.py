@@ -1,36 +1,27 @@
-"""Server-rendered portal pages (Jinja2 + HTMX). Views call the same services as the API."""
+"""Portal: sign-in, the dashboard, assignments across the fleet and the audit log.
+
+Views call the same services as the API; templates only see what a view hands them.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session
 
-from bota_ota.accounts.models import User
-from bota_ota.config import Settings
+from bota_ota.accounts import service as accounts
+from bota_ota.audit import service as audit
 from bota_ota.deps import SessionDep, SettingsDep
 from bota_ota.devices import service as device_service
-from bota_ota.devices.models import DEVICE_MODELS
-from bota_ota.errors import Conflict, Forbidden, ValidationFailed
-from bota_ota.firmware import service as firmware
 from bota_ota.ota import service as ota_service
-from bota_ota.portal.auth import CsrfChecked, PortalUser, can, csrf_token, find_user
+from bota_ota.ota.models import ASSIGNMENT_STATUSES
+from bota_ota.portal.auth import CsrfChecked, PortalUser, csrf_token, find_user
+from bota_ota.portal.common import PAGE_SIZE, pages, render
 from bota_ota.security import verify_password
 
-templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
-
-
-def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    context.setdefault("user", None)
-    context["csrf_token"] = csrf_token(request)
-    context["can"] = can
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -42,13 +33,27 @@ def login_page(request: Request) -> HTMLResponse:
 def login(
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     email: Annotated[str, Form(max_length=254)] = "",
     password: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
+    client_ip = request.client.host if request.client else None
+    limits = {"max_failures": settings.login_max_failures, "window_s": settings.login_window_s}
+    retry_after = accounts.login_retry_after(session, email, client_ip, **limits)
+    if retry_after is not None:
+        minutes = -(-retry_after // 60)
+        errors = {"password": f"Too many failed sign-ins. Try again in {minutes} minute{'s' if minutes > 1 else ''}."}
+        response = render(request, "login.html", status_code=429, email=email, errors=errors)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     user = find_user(session, email) if email else None
     if user is None or not user.is_active or not verify_password(user.password_hash, password):
+        accounts.record_login_failure(session, email, client_ip, window_s=settings.login_window_s)
+        session.commit()
         errors = {"password": "Wrong e-mail or password."}
         return render(request, "login.html", status_code=401, email=email, errors=errors)
+    accounts.clear_login_failures(session, email)
+    session.commit()
     request.session.clear()  # a new session on sign-in: no fixation
     request.session["user_id"] = user.id
     csrf_token(request)
@@ -61,144 +66,83 @@ def logout(request: Request) -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
-@router.get("/")
-def home(user: PortalUser) -> Response:
-    return RedirectResponse("/firmware", status_code=303)
+@router.get("/", response_class=HTMLResponse)
+def dashboard(request: Request, user: PortalUser, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
+    total, online = device_service.fleet_counts(session, online_window_s=settings.online_window_s)
+    failures, _ = ota_service.list_assignments(session, status="failed", limit=10)
+    by_status = ota_service.count_by_status(session)
+    distribution = {
+        model: [(version, count, "version") for version, count in versions]
+        for model, versions in device_service.firmware_distribution(session).items()
+    }
+    return render(
+        request,
+        "dashboard.html",
+        user=user,
+        total=total,
+        online=online,
+        distribution=distribution,
+        by_status=by_status,
+        status_rows=[(status, by_status[status], f"status-{status}") for status in ASSIGNMENT_STATUSES],
+        failures=failures,
+    )
 
 
-@router.get("/firmware", response_class=HTMLResponse)
-def firmware_page(request: Request, user: PortalUser, session: SessionDep) -> HTMLResponse:
-    releases = firmware.list_releases(session)
-    by_model = {code: [r for r in releases if r.model == code] for code in DEVICE_MODELS}
-    return render(request, "firmware.html", user=user, by_model=by_model, models=DEVICE_MODELS)
-
-
-PAGE_SIZE = 50
-ASSIGNMENT_FILTERS = ("pending", "delivered", "applied", "failed", "cancelled")
-
-
-@router.get("/devices", response_class=HTMLResponse)
-def devices_page(
+@router.get("/assignments", response_class=HTMLResponse)
+def assignments_page(
     request: Request,
     user: PortalUser,
     session: SessionDep,
-    settings: SettingsDep,
-    q: Annotated[str, Query(max_length=100)] = "",
-    model: Annotated[str, Query(max_length=32)] = "",
-    version: Annotated[str, Query(max_length=64)] = "",
-    online: Annotated[str, Query(pattern="^(|yes|no)$")] = "",
     status: Annotated[str, Query(max_length=16)] = "",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
-    model_filter = model if model in DEVICE_MODELS else None
-    status_filter = status if status in ASSIGNMENT_FILTERS else None
-    rows, total = device_service.list_devices(
-        session,
-        model=model_filter,
-        q=q or None,
-        firmware_version=version or None,
-        online={"yes": True, "no": False}.get(online),
-        online_window_s=settings.online_window_s,
-        assignment_status=status_filter,
-        limit=PAGE_SIZE,
-        offset=(page - 1) * PAGE_SIZE,
+    status_filter = status if status in ASSIGNMENT_STATUSES else None
+    rows, total = ota_service.list_assignments(
+        session, status=status_filter, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
-    active = device_service.active_assignments_for(session, [d.id for d in rows])
-    devices = [
-        device_service.device_out(
-            d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
-        )
-        for d in rows
-    ]
-    pages = max(1, -(-total // PAGE_SIZE))
-    filters = {"q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or ""}
+    filters = {"status": status_filter or ""}
     return render(
         request,
-        "devices.html",
+        "assignments.html",
         user=user,
-        devices=devices,
+        assignments=rows,
         total=total,
         page=page,
-        pages=pages,
+        pages=pages(total),
         filters=filters,
-        models=DEVICE_MODELS,
-        statuses=ASSIGNMENT_FILTERS,
+        statuses=ASSIGNMENT_STATUSES,
+        by_status=ota_service.count_by_status(session),
         query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
     )
 
 
-def _require(user: User, role: str) -> None:
-    if not can(user, role):
-        raise Forbidden(f"this needs the {role} role; you are {user.role}")
-
-
-def _device_context(session: Session, settings: Settings, device_id: str) -> dict[str, Any]:
-    device = device_service.get_device(session, device_id)
-    active = device_service.active_assignments_for(session, [device.id]).get(device.id)
-    out = device_service.device_out(
-        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    actor: Annotated[str, Query(max_length=200)] = "",
+    action: Annotated[str, Query(max_length=64)] = "",
+    target: Annotated[str, Query(max_length=64)] = "",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    rows, total = audit.list_entries(
+        session,
+        actor=actor.strip() or None,
+        action=action.strip() or None,
+        target_id=target.strip() or None,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
     )
-    return {"device": out, "active": active}
-
-
-def _device_page(session: Session, settings: Settings, device_id: str, tab: str) -> dict[str, Any]:
-    ctx = _device_context(session, settings, device_id)
-    device = ctx["device"]
-    ctx.update(tab=tab, models=DEVICE_MODELS, error=None)
-    if tab == "ota":
-        ctx["releases"] = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
-        history, _ = ota_service.list_assignments(session, device_id=device.id, limit=50)
-        ctx["history"] = history
-        ctx["events"] = {a.id: ota_service.get_assignment(session, a.id, with_events=True).events for a in history[:10]}
-    elif tab == "activity":
-        ctx["activity"] = device_service.list_device_events(session, device.id, limit=100)
-    return ctx
-
-
-@router.get("/devices/{device_id}", response_class=HTMLResponse)
-def device_page(
-    request: Request,
-    device_id: str,
-    user: PortalUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    tab: Annotated[str, Query(pattern="^(overview|ota|activity)$")] = "overview",
-) -> HTMLResponse:
-    return render(request, "device.html", user=user, **_device_page(session, settings, device_id, tab))
-
-
-@router.get("/devices/{device_id}/ota-status", response_class=HTMLResponse)
-def ota_status(
-    request: Request, device_id: str, user: PortalUser, session: SessionDep, settings: SettingsDep
-) -> HTMLResponse:
-    """The live status badge of the OTA tab; HTMX polls it, so the page never needs a reload."""
-    ctx = _device_context(session, settings, device_id)
-    latest, _ = ota_service.list_assignments(session, device_id=device_id, limit=1)
-    return render(request, "_ota_status.html", user=user, latest=latest[0] if latest else None, **ctx)
-
-
-@router.post("/devices/{device_id}/assign", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def assign(
-    request: Request,
-    device_id: str,
-    user: PortalUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    release_id: Annotated[str, Form(max_length=64)] = "",
-) -> Response:
-    _require(user, "operator")
-    try:
-        if not release_id:
-            raise ValidationFailed("Choose a release.", field="release_id")
-        ota_service.create_assignment(session, device_id=device_id, release_id=release_id, actor=f"user:{user.email}")
-    except (ValidationFailed, Conflict) as exc:  # shown beside the release dropdown
-        context = {**_device_page(session, settings, device_id, "ota"), "error": exc.detail}
-        return render(request, "device.html", status_code=exc.status, user=user, **context)
-    return RedirectResponse(f"/devices/{device_id}?tab=ota", status_code=303)
-
-
-@router.post("/assignments/{assignment_id}/cancel", dependencies=[CsrfChecked])
-def cancel(assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
-    _require(user, "operator")
-    assignment = ota_service.cancel_assignment(session, assignment_id, actor=f"user:{user.email}")
-    return RedirectResponse(f"/devices/{assignment.device_id}?tab=ota", status_code=303)
+    filters = {"actor": actor, "action": action, "target": target}
+    return render(
+        request,
+        "audit.html",
+        user=user,
+        entries=rows,
+        total=total,
+        page=page,
+        pages=pages(total),
+        filters=filters,
+        query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
+    )

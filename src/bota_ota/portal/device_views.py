@@ -1,0 +1,180 @@
+"""Portal: the device list, registering a device, and the device page (Overview, OTA, Activity)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from bota_ota.config import Settings
+from bota_ota.deps import SessionDep, SettingsDep
+from bota_ota.devices import service as device_service
+from bota_ota.devices.models import DEVICE_MODELS
+from bota_ota.devices.schemas import DEVICE_ID_PATTERN
+from bota_ota.errors import Conflict, ValidationFailed
+from bota_ota.firmware import service as firmware
+from bota_ota.ota import service as ota_service
+from bota_ota.ota.models import ASSIGNMENT_STATUSES
+from bota_ota.portal.auth import CsrfChecked, PortalUser
+from bota_ota.portal.common import PAGE_SIZE, pages, render, require
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/devices", response_class=HTMLResponse)
+def devices_page(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    q: Annotated[str, Query(max_length=100)] = "",
+    model: Annotated[str, Query(max_length=32)] = "",
+    version: Annotated[str, Query(max_length=64)] = "",
+    online: Annotated[str, Query(pattern="^(|yes|no)$")] = "",
+    status: Annotated[str, Query(max_length=16)] = "",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    model_filter = model if model in DEVICE_MODELS else None
+    status_filter = status if status in ASSIGNMENT_STATUSES else None
+    rows, total = device_service.list_devices(
+        session,
+        model=model_filter,
+        q=q or None,
+        firmware_version=version or None,
+        online={"yes": True, "no": False}.get(online),
+        online_window_s=settings.online_window_s,
+        assignment_status=status_filter,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
+    )
+    active = device_service.active_assignments_for(session, [d.id for d in rows])
+    devices = [
+        device_service.device_out(
+            d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+        )
+        for d in rows
+    ]
+    filters = {"q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or ""}
+    return render(
+        request,
+        "devices.html",
+        user=user,
+        devices=devices,
+        total=total,
+        page=page,
+        pages=pages(total),
+        filters=filters,
+        statuses=ASSIGNMENT_STATUSES,
+        query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
+    )
+
+
+@router.get("/devices/new", response_class=HTMLResponse)
+def register_page(request: Request, user: PortalUser) -> HTMLResponse:
+    require(user, "operator")
+    return render(request, "register.html", user=user, form={}, errors={}, id_pattern=DEVICE_ID_PATTERN)
+
+
+@router.post("/devices/new", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def register(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    device_id: Annotated[str, Form(alias="id", max_length=200)] = "",
+    model: Annotated[str, Form(max_length=64)] = "",
+    name: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    require(user, "operator")
+    form = {"id": device_id, "model": model, "name": name}
+    try:
+        device_id = device_service.check_device_id(device_id)
+        if len(name.strip()) > 200:
+            raise ValidationFailed("the name must be at most 200 characters", field="name")
+        device, token, claim_code = device_service.register_device(
+            session, device_id=device_id, model=model, name=name, actor=f"user:{user.email}"
+        )
+        session.commit()
+    except (ValidationFailed, Conflict) as exc:
+        errors = {exc.field or "id": exc.detail}
+        return render(
+            request, "register.html", status_code=exc.status, user=user, form=form, errors=errors,
+            id_pattern=DEVICE_ID_PATTERN,
+        )  # fmt: skip
+    return render(
+        request, "registered.html", status_code=201, user=user, device=device, token=token, claim_code=claim_code
+    )
+
+
+def _device_context(session: Session, settings: Settings, device_id: str) -> dict[str, Any]:
+    device = device_service.get_device(session, device_id)
+    active = device_service.active_assignments_for(session, [device.id]).get(device.id)
+    out = device_service.device_out(
+        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
+    return {"device": out, "active": active}
+
+
+def _device_page(session: Session, settings: Settings, device_id: str, tab: str) -> dict[str, Any]:
+    ctx = _device_context(session, settings, device_id)
+    device = ctx["device"]
+    ctx.update(tab=tab, error=None)
+    if tab == "ota":
+        ctx["releases"] = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
+        history, _ = ota_service.list_assignments(session, device_id=device.id, limit=50)
+        ctx["history"] = history
+        ctx["events"] = {a.id: ota_service.get_assignment(session, a.id, with_events=True).events for a in history[:10]}
+    elif tab == "activity":
+        ctx["activity"] = device_service.list_device_events(session, device.id, limit=100)
+    return ctx
+
+
+@router.get("/devices/{device_id}", response_class=HTMLResponse)
+def device_page(
+    request: Request,
+    device_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    tab: Annotated[str, Query(pattern="^(overview|ota|activity)$")] = "overview",
+) -> HTMLResponse:
+    return render(request, "device.html", user=user, **_device_page(session, settings, device_id, tab))
+
+
+@router.get("/devices/{device_id}/ota-status", response_class=HTMLResponse)
+def ota_status(
+    request: Request, device_id: str, user: PortalUser, session: SessionDep, settings: SettingsDep
+) -> HTMLResponse:
+    """The live status badge of the OTA tab; HTMX polls it, so the page never needs a reload."""
+    ctx = _device_context(session, settings, device_id)
+    latest, _ = ota_service.list_assignments(session, device_id=device_id, limit=1)
+    return render(request, "_ota_status.html", user=user, latest=latest[0] if latest else None, **ctx)
+
+
+@router.post("/devices/{device_id}/assign", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def assign(
+    request: Request,
+    device_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    release_id: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    require(user, "operator")
+    try:
+        if not release_id:
+            raise ValidationFailed("Choose a release.", field="release_id")
+        ota_service.create_assignment(session, device_id=device_id, release_id=release_id, actor=f"user:{user.email}")
+    except (ValidationFailed, Conflict) as exc:  # shown beside the release dropdown
+        context = {**_device_page(session, settings, device_id, "ota"), "error": exc.detail}
+        return render(request, "device.html", status_code=exc.status, user=user, **context)
+    return RedirectResponse(f"/devices/{device_id}?tab=ota", status_code=303)
+
+
+@router.post("/assignments/{assignment_id}/cancel", dependencies=[CsrfChecked])
+def cancel(assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
+    require(user, "operator")
+    assignment = ota_service.cancel_assignment(session, assignment_id, actor=f"user:{user.email}")
+    return RedirectResponse(f"/devices/{assignment.device_id}?tab=ota", status_code=303)
