@@ -28,11 +28,16 @@ BODY = b'{"firmware_version": "v1.0.0", "recording": false, "battery": 80, "netw
 
 
 class Conn:
+    """One keep-alive HTTP/1.1 connection: write a request, read the reply's head and its body."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
 
     async def request(self, data: bytes) -> int:
+        return (await self.exchange(data))[0]
+
+    async def exchange(self, data: bytes) -> tuple[int, bytes]:
         self.writer.write(data)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -45,11 +50,10 @@ class Conn:
                 length = int(value)
             elif lname == b"connection" and value.strip().lower() == b"close":
                 close = True
-        if length:
-            await self.reader.readexactly(length)
+        body = await self.reader.readexactly(length) if length else b""
         if close:
             raise ConnectionResetError("server closed the connection")
-        return status
+        return status, body
 
 
 class Generator:
