@@ -66,17 +66,21 @@ class RawHeartbeats:
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{head}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
-        conn = self.idle.pop() if self.idle else None
-        try:
-            if conn is None:
-                conn = Conn(*await asyncio.open_connection(self.host, self.port))
-            status, reply = await conn.exchange(data)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            if conn is not None:
-                conn.writer.close()
-            raise httpx.TransportError(str(exc)) from None  # what the simulator counts as a failed heartbeat
-        self.idle.append(conn)
-        return RawResponse(status, reply)
+        while True:
+            reused = bool(self.idle)
+            conn = self.idle.pop() if reused else None
+            try:
+                if conn is None:
+                    conn = Conn(*await asyncio.open_connection(self.host, self.port))
+                status, reply = await conn.exchange(data)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                if conn is not None:
+                    conn.writer.close()
+                if reused:
+                    continue  # the server closed an idle keep-alive connection (uvicorn: after 5 s): retry
+                raise httpx.TransportError(str(exc)) from None  # the simulator counts a failed heartbeat
+            self.idle.append(conn)
+            return RawResponse(status, reply)
 
     async def aclose(self) -> None:
         for conn in self.idle:

@@ -24,6 +24,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+import bota_ota.models  # noqa: F401  (every model registered before mappers configure)
 from benchmarks.common import CACHE_DIR, SECRET_KEY, log
 from benchmarks.pg import Postgres, safe_name
 from benchmarks.tokens import device_id, device_token
