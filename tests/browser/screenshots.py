@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import FloatRect, Page, ViewportSize, expect, sync_playwright
 
 from tests.browser.support import ADMIN_EMAIL, LAPTOP, TABLET, Portal, chromium_executable, launch_chromium, sign_in
@@ -41,6 +42,7 @@ PLACES = [
     "Front desk", "Studio A", "Studio B", "Meeting room 1", "Meeting room 2", "Reception", "Lab bench",
     "Warehouse", "Field kit 1", "Field kit 2", "Newsroom", "Board room", "Podcast booth", "Lobby",
 ]  # fmt: skip
+OPERATOR_PASSWORD = "screenshots-operator-pw"
 PREFIX = {"bota-pin": "BP", "bota-pin-pro": "BPP", "bota-note": "BN"}
 
 
@@ -48,22 +50,32 @@ PREFIX = {"bota-pin": "BP", "bota-pin-pro": "BPP", "bota-note": "BN"}
 class Fleet:
     """What the seeding made, for the pages to show."""
 
-    ota_device: str  # a device with an update in progress and some history
+    tokens: dict[str, str]  # device id → device token
+    ota_device: str  # the device whose OTA tab is shown: updates assigned in the portal
+
+
+def api_client(portal: Portal, name: str, role: str) -> httpx.Client:
+    """A management API client with a token of its own, so the audit log names who did what."""
+    r = portal.api.post("/api/v1/tokens", json={"name": name, "role": role})
+    assert r.status_code == 201, r.text
+    return httpx.Client(base_url=portal.url, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30)
 
 
 def seed(portal: Portal) -> Fleet:
+    """Releases from a CI pipeline, 24 devices, and a rollout of the newest Bota Pin release caught mid-way."""
     rng = random.Random(5)
+    portal.create_user("ana@example.com", "operator", password=OPERATOR_PASSWORD)
+    portal.create_user("ben@example.com", "viewer")
+    api_client(portal, "grafana", "viewer").close()
+    ci = api_client(portal, "ci-pipeline", "operator")
+    rollout = api_client(portal, "rollout", "operator")
+
     release_ids: dict[tuple[str, str], str] = {}
     for model, versions in RELEASES.items():
         for version in versions:
-            release_ids[(model, version)] = upload(portal, model, version, rng)
+            release_ids[(model, version)] = upload(ci, model, version, rng)
     for model, version in DRAFTS.items():
-        release_ids[(model, version)] = upload(portal, model, version, rng, draft=True)
-
-    portal.create_user("ana@example.com", "operator")
-    portal.create_user("ben@example.com", "viewer")
-    for name, role in (("ci-pipeline", "operator"), ("grafana", "viewer")):
-        assert portal.api.post("/api/v1/tokens", json={"name": name, "role": role}).status_code == 201
+        release_ids[(model, version)] = upload(ci, model, version, rng, draft=True)
 
     models = ["bota-pin"] * 14 + ["bota-pin-pro"] * 6 + ["bota-note"] * 4
     tokens: dict[str, str] = {}
@@ -88,73 +100,81 @@ def seed(portal: Portal) -> Fleet:
         )
 
     def assign(device_id: str, model: str, version: str) -> str:
-        r = portal.api.post(
-            f"/api/v1/devices/{device_id}/assignments", json={"release_id": release_ids[(model, version)]}
-        )
+        r = rollout.post(f"/api/v1/devices/{device_id}/assignments", json={"release_id": release_ids[(model, version)]})
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
-
-    old = {"bota-pin": "v1.0.1", "bota-pin-pro": "v2.0.0", "bota-note": "v0.9.0"}
 
     def device_on(device_id: str, version: str) -> None:
         portal.heartbeat(tokens[device_id], version, battery=rng.randint(40, 100), network="wifi")
 
-    # The story of the device shown on its OTA tab: one update applied, one failed, one in progress.
     ota_device = "BP-000101"
-    device_on(ota_device, "v1.0.0")
-    assign(ota_device, "bota-pin", "v1.0.1")
-    portal.heartbeat(tokens[ota_device], "v1.0.0")
-    portal.heartbeat(tokens[ota_device], "v1.0.1")
-    failed = assign(ota_device, "bota-pin", "v1.1.0")
-    portal.heartbeat(tokens[ota_device], "v1.0.1")
-    portal.heartbeat(
-        tokens[ota_device], "v1.0.1", ota={"assignment_id": failed, "state": "failed", "error": "crc_mismatch"}
-    )
-    current = assign(ota_device, "bota-pin", "v1.1.0")
-    portal.heartbeat(tokens[ota_device], "v1.0.1")
-    portal.heartbeat(
-        tokens[ota_device], "v1.0.1", ota={"assignment_id": current, "state": "downloading", "progress": 64}
-    )
-
-    # A rollout of the newest Bota Pin release across the rest of the fleet, caught mid-way.
     for n, device_id in enumerate(d for d in tokens if d.startswith("BP-") and d != ota_device):
-        if device_id not in unseen:  # a never-seen device's assignment stays pending
-            device_on(device_id, old["bota-pin"])
-        assignment = assign(device_id, "bota-pin", "v1.1.0")
         if device_id in unseen:
+            assign(device_id, "bota-pin", "v1.1.0")  # stays pending until the device shows up
             continue
+        device_on(device_id, "v1.0.1")
+        assignment = assign(device_id, "bota-pin", "v1.1.0")
         step = n % 5
         if step >= 1:
-            portal.heartbeat(tokens[device_id], old["bota-pin"])  # delivered
+            portal.heartbeat(tokens[device_id], "v1.0.1")  # delivered
         if step == 2:
-            portal.heartbeat(
-                tokens[device_id],
-                old["bota-pin"],
-                ota={"assignment_id": assignment, "state": "writing", "progress": 30},
-            )
+            progress = {"assignment_id": assignment, "state": "writing", "progress": 30}
+            portal.heartbeat(tokens[device_id], "v1.0.1", ota=progress)
         if step == 3:
             portal.heartbeat(tokens[device_id], "v1.1.0")  # applied
         if step == 4 and n % 2:
             failure = {"assignment_id": assignment, "state": "failed", "error": "low_battery"}
-            portal.heartbeat(tokens[device_id], old["bota-pin"], ota=failure)
+            portal.heartbeat(tokens[device_id], "v1.0.1", ota=failure)
     for device_id in [d for d in tokens if d.startswith("BPP-")][:3]:
-        device_on(device_id, old["bota-pin-pro"])
+        device_on(device_id, "v2.0.0")
         assignment = assign(device_id, "bota-pin-pro", "v2.1.0")
         if device_id.endswith("2"):
-            portal.api.post(f"/api/v1/assignments/{assignment}/cancel")
+            assert rollout.post(f"/api/v1/assignments/{assignment}/cancel").status_code == 200
         else:
-            portal.heartbeat(tokens[device_id], old["bota-pin-pro"])
+            portal.heartbeat(tokens[device_id], "v2.0.0")
             portal.heartbeat(tokens[device_id], "v2.1.0")
-    return Fleet(ota_device=ota_device)
+    ci.close()
+    rollout.close()
+    return Fleet(tokens=tokens, ota_device=ota_device)
 
 
-def upload(portal: Portal, model: str, version: str, rng: random.Random, draft: bool = False) -> str:
+def ota_story_in_the_portal(page: Page, portal: Portal, fleet: Fleet) -> None:
+    """An operator updates one device from its OTA tab: one update applied, one failed, one downloading."""
+    device_id, token = fleet.ota_device, fleet.tokens[fleet.ota_device]
+    badge = page.locator("#ota-status .badge")
+
+    def assign(version: str) -> str:
+        page.goto(f"/devices/{device_id}?tab=ota")
+        page.get_by_label("Release").select_option(label=version)
+        page.get_by_role("button", name="Assign").click()
+        expect(badge).to_have_text("pending")
+        return str(portal.assignments(device_id)[0]["id"])
+
+    sign_in(page, "ana@example.com", OPERATOR_PASSWORD)
+    portal.heartbeat(token, "v1.0.0", battery=87, network="wifi", rssi=-58)
+    assign("v1.0.1")
+    portal.heartbeat(token, "v1.0.0")
+    expect(badge).to_have_text("delivered")
+    portal.heartbeat(token, "v1.0.1")
+    expect(badge).to_have_text("applied")
+    failed = assign("v1.1.0")
+    portal.heartbeat(token, "v1.0.1")
+    portal.heartbeat(token, "v1.0.1", ota={"assignment_id": failed, "state": "failed", "error": "crc_mismatch"})
+    expect(badge).to_have_text("failed")
+    current = assign("v1.1.0")
+    portal.heartbeat(token, "v1.0.1")
+    portal.heartbeat(token, "v1.0.1", ota={"assignment_id": current, "state": "downloading", "progress": 64})
+    expect(page.locator("#ota-status")).to_contain_text("downloading 64")
+    page.get_by_role("button", name="Sign out").click()
+
+
+def upload(client: httpx.Client, model: str, version: str, rng: random.Random, draft: bool = False) -> str:
     size = rng.randint(900, 1600) * 1024
     image = rng.randbytes(size)
     data = {"version": version, "model": model, "notes": NOTES.get(version, "")}
     if draft:
         data["draft"] = "true"
-    r = portal.api.post(
+    r = client.post(
         "/api/v1/firmware",
         data=data,
         files={"bin": (f"{model}-{version}.bin", image), "ufw": (f"{model}-{version}.ufw", image[: size * 2 // 3])},
@@ -199,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 browser = launch_chromium(playwright, executable)
                 context = browser.new_context(base_url=portal.url, viewport=LAPTOP, device_scale_factor=1)
                 page = context.new_page()
+                ota_story_in_the_portal(page, portal, fleet)
                 sign_in(page, ADMIN_EMAIL, portal.admin_password)
                 ota_tab = f"/devices/{fleet.ota_device}?tab=ota"
                 shoot(page, "/", out, "dashboard", heading="Dashboard")
