@@ -2,7 +2,9 @@
 
     python -m benchmarks.profile_heartbeat [--database sqlite|postgres] [--seconds 15] [--devices 100000]
 
-Prints the frames with the most samples (own time, then including callees) and keeps the raw profile
+Prints the frames with the most samples (own time, then including callees; only samples of a thread
+holding the GIL, so waiting threads do not count, and time uvloop spends in C shows as its caller) and
+keeps the raw profile
 (py-spy's "raw" format; flamegraph.pl draws it). py-spy comes from PyPI through ``uv tool run`` unless it
 is on PATH; it needs ptrace (root, or CAP_SYS_PTRACE).
 """
@@ -97,6 +99,7 @@ def main() -> None:
                     "--output",
                     str(args.out),
                     "--nonblocking",
+                    "--gil",  # only samples holding the GIL: Python at work, not threads waiting
                 ],
                 check=True,
                 stdout=subprocess.DEVNULL,

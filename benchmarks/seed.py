@@ -52,7 +52,7 @@ class SeedSpec:
     assign_first: bool = False  # device 1 gets an active assignment of that release
 
     def key(self, backend: str) -> str:
-        return safe_name(f"{self.name}_{self.devices}_{self.release_bin_bytes or 0}_{backend}_{schema_head()}")
+        return safe_name(f"{self.name}_{self.devices}_{self.release_bin_bytes or 0}_{backend}_{schema_head()}_v2")
 
 
 @dataclass
@@ -116,7 +116,12 @@ def _seed(spec: SeedSpec, data_dir: Path, url: str) -> dict[str, Any]:
                         "name": f"Bench device {i}",
                         "token_hash": hash_token(device_token(i)),
                         "created_at": now,
+                        # A fleet that is already running: seen before, reporting what heartbeat.lua sends.
+                        # (A device's first heartbeat ever is a write; the benchmark is about routine ones.)
                         "firmware_version": OLD_VERSION,
+                        "last_seen_at": now,
+                        "battery": 80,
+                        "network": "wifi",
                         "recording": False,
                         "ble_connected": False,
                     }
