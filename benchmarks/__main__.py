@@ -150,8 +150,30 @@ def main(argv: list[str] | None = None) -> int:
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write(args.out, results)
     print_table(rows, console)
+    others = other_load(results["benchmarks"])
+    if others:
+        results["other_processes_cores"] = {"mean": round(sum(others) / len(others), 2), "max": round(max(others), 2)}
+        _write(args.out, results)
+        console.print(
+            f"Other processes on this machine used {results['other_processes_cores']['mean']:.2f} cores on average "
+            f"(at most {max(others):.2f}) during the measurements: on a shared machine, compare ratios, not rates."
+        )
     console.print(f"JSON: {args.out}")
     return 1 if failed else 0
+
+
+def other_load(tree: Any) -> list[float]:
+    """Every CPU window's ``others`` (cores used by processes that are not part of the benchmark)."""
+    found: list[float] = []
+    if isinstance(tree, dict):
+        if isinstance(tree.get("others"), dict) and "cores" in tree["others"]:
+            found.append(float(tree["others"]["cores"]))
+        for value in tree.values():
+            found.extend(other_load(value))
+    elif isinstance(tree, list):
+        for value in tree:
+            found.extend(other_load(value))
+    return found
 
 
 def _write(path: Path, results: dict[str, Any]) -> None:
