@@ -18,7 +18,7 @@ from bota_ota.errors import Conflict, ValidationFailed
 from bota_ota.firmware import service as firmware
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
-from bota_ota.portal.auth import CsrfChecked, PortalUser
+from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import PAGE_SIZE, pages, render, require
 
 router = APIRouter(include_in_schema=False)
@@ -174,7 +174,11 @@ def assign(
 
 
 @router.post("/assignments/{assignment_id}/cancel", dependencies=[CsrfChecked])
-def cancel(assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
+def cancel(request: Request, assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
     require(user, "operator")
-    assignment = ota_service.cancel_assignment(session, assignment_id, actor=f"user:{user.email}")
+    try:
+        assignment = ota_service.cancel_assignment(session, assignment_id, actor=f"user:{user.email}")
+    except Conflict as exc:  # finished meanwhile (the page was stale): say so on the OTA tab
+        assignment = ota_service.get_assignment(session, assignment_id)
+        flash(request, f"Not cancelled: {exc.detail}.", error=True)
     return RedirectResponse(f"/devices/{assignment.device_id}?tab=ota", status_code=303)

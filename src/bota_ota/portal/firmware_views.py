@@ -69,6 +69,12 @@ async def upload(
         sent = form.fields.pop(CSRF_FIELD, None)
         if header is None and not (expected and sent and secrets.compare_digest(expected, sent)):
             raise Forbidden("the form has expired or did not come from this site; reload the page and try again")
+        # A browser posting the form itself sends a file input left empty as a part with filename="" and
+        # no content: that means "no file", not an empty firmware file.
+        for kind, received in list(form.files.items()):
+            if not received.filename and received.size == 0:
+                received.path.unlink(missing_ok=True)
+                del form.files[kind]
 
     wants_json = "application/json" in request.headers.get("accept", "")
     try:
