@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from bota_ota.config import Settings
@@ -134,10 +133,6 @@ def test_the_devices_column_counts_devices_running_the_release(
     assert devices_cell == {release["id"]: "2", other["id"]: "0", note["id"]: "0"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the Devices count merges 1.0.1 and v1.0.1, the /devices?version= filter it links to does not",
-)
 def test_the_devices_count_links_to_a_list_of_as_many_devices(
     client: TestClient, admin: ApiClient, portal_user: tuple[str, str]
 ) -> None:

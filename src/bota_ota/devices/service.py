@@ -21,6 +21,17 @@ from bota_ota.security import hash_claim_code, hash_token, new_claim_code, new_t
 DEVICE_TOKEN_PREFIX = "bota_dt"
 
 
+def version_spellings(version: str) -> list[str]:
+    """The ways devices may report one version: ``1.0.1``, ``v1.0.1`` and ``V1.0.1`` are the same release
+    (an IN list keeps the filter an indexable comparison). Unparseable text is matched as typed."""
+    version = version.strip()
+    try:
+        canonical = normalize_version(version)
+    except InvalidVersion:
+        return [version]
+    return sorted({version, canonical, f"v{canonical}", f"V{canonical}"})
+
+
 def check_device_id(value: str) -> str:
     value = value.strip()
     if not value:
@@ -108,7 +119,7 @@ def list_devices(
     if model:
         query = query.where(Device.model == check_model(model))
     if firmware_version:
-        query = query.where(Device.firmware_version == firmware_version.strip())
+        query = query.where(Device.firmware_version.in_(version_spellings(firmware_version)))
     if online is not None:
         since = utcnow() - timedelta(seconds=online_window_s)
         seen = Device.last_seen_at >= since
