@@ -60,3 +60,23 @@ def test_upload_form_json_path(client: TestClient, admin: ApiClient, sessions) -
         files={"bin": ("fw.bin", b"\x01" * 100)},
     )
     assert page.status_code == 422 and 'id="version-error"' in page.text
+
+
+def test_the_plain_upload_form_keeps_what_was_typed_after_an_error(
+    client: TestClient,
+    admin: ApiClient,
+    sessions,  # type: ignore[no-untyped-def]
+) -> None:
+    with session_scope(sessions) as session:
+        create_user(session, email="op@example.com", password="operator-pw", role="operator", actor="test")
+    sign_in(client, "op@example.com", "operator-pw")
+    token = csrf(client, "/firmware/upload")
+    page = client.post(
+        "/firmware/upload",
+        data={"version": "1.2", "model": "bota-note", "notes": "Better <mic> gain", "csrf_token": token},
+        files={"bin": ("fw.bin", b"\x01" * 100)},
+    )
+    assert page.status_code == 422
+    assert 'value="1.2"' in page.text
+    assert '<option value="bota-note" selected>' in page.text
+    assert "Better &lt;mic&gt; gain</textarea>" in page.text

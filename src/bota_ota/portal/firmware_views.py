@@ -65,8 +65,11 @@ async def upload(
     if header is not None and not (expected and secrets.compare_digest(expected, header)):
         raise Forbidden("the form has expired or did not come from this site; reload the page and try again")
 
+    typed: dict[str, str] = {}  # what the user typed, to fill the form again after an error
+
     def check_form(form: ParsedForm) -> None:
         sent = form.fields.pop(CSRF_FIELD, None)
+        typed.update(form.fields)
         if header is None and not (expected and sent and secrets.compare_digest(expected, sent)):
             raise Forbidden("the form has expired or did not come from this site; reload the page and try again")
         # A browser posting the form itself sends a file input left empty as a part with filename="" and
@@ -86,7 +89,7 @@ async def upload(
             raise  # problem JSON, naming the field; the page's script shows it beside that field
         errors = {exc.field or "form": exc.detail}
         return render(
-            request, "upload.html", status_code=exc.status, user=user, form={}, errors=errors,
+            request, "upload.html", status_code=exc.status, user=user, form=typed, errors=errors,
             max_bytes=settings.max_upload_bytes,
         )  # fmt: skip
     if wants_json:
