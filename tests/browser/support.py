@@ -29,6 +29,9 @@ CHROMIUM_ARGS = [
 LAPTOP: ViewportSize = {"width": 1280, "height": 800}
 TABLET: ViewportSize = {"width": 820, "height": 1180}
 ADMIN_EMAIL = "admin@localhost"
+# A generous bound for a server's first start (migrate, create the admin, import the app): on a loaded 2-core
+# machine running the rest of the suite beside it, 30 s was seen to be too short.
+START_TIMEOUT_S = 90.0
 
 
 def chromium_executable() -> str | None:
@@ -55,8 +58,8 @@ class Portal:
         )
 
     @classmethod
-    def start(cls, server: ServerProcess, *extra_args: str) -> Portal:
-        server.start(*extra_args)
+    def start(cls, server: ServerProcess, *extra_args: str, timeout: float = START_TIMEOUT_S) -> Portal:
+        server.start(*extra_args, timeout=timeout)
         output = server.output()
         password = PASSWORD_RE.search(output)
         token = server.admin_token_from_output()
