@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ import bota_ota.models  # noqa: F401  (every model registered before mappers con
 from bota_ota import __version__
 from bota_ota.accounts.api import router as accounts_router
 from bota_ota.audit.api import router as audit_router
+from bota_ota.background import BackgroundWork
 from bota_ota.config import Settings
 from bota_ota.db import make_engine, make_sessionmaker
 from bota_ota.deps import AppContext, CloseSessionsMiddleware, CtxDep, DatabaseAdmissionMiddleware
@@ -36,6 +39,8 @@ from bota_ota.storage.api import router as download_router
 
 log = logging.getLogger(__name__)
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 DESCRIPTION = """
 Firmware over-the-air updates for Bota Pin, Bota Pin Pro and Bota Note.
 
@@ -47,18 +52,23 @@ Firmware over-the-air updates for Bota Pin, Bota Pin Pro and Bota Note.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, max_connections=settings.db_max_connections)
     ctx = AppContext(
         settings=settings, engine=engine, sessions=make_sessionmaker(engine), store=make_blob_store(settings)
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Temporary upload files from a crashed run are never referenced by any row: drop them.
-        shutil.rmtree(settings.upload_tmp_dir, ignore_errors=True)
-        settings.upload_tmp_dir.mkdir(parents=True, exist_ok=True)
-        yield
-        engine.dispose()
+        remove_stale_upload_files(settings.upload_tmp_dir)
+        background = BackgroundWork(ctx)
+        await background.start()
+        app.state.background = background
+        try:
+            yield
+        finally:
+            # uvicorn gets here after the last request has finished: nothing more will be buffered.
+            await background.stop()
+            engine.dispose()
 
     app = FastAPI(title="bota-ota", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.ctx = ctx
@@ -108,6 +118,26 @@ async def _to_login(request: Request, exc: Exception) -> Response:
     return RedirectResponse("/login", status_code=303)
 
 
+# A temporary upload file is written to continuously while its request runs; one untouched for this long
+# belongs to a crashed run. Age, not "everything", because other instances may share the data dir.
+STALE_UPLOAD_S = 6 * 3600
+
+
+def remove_stale_upload_files(tmp_dir: Path, *, older_than_s: float = STALE_UPLOAD_S) -> None:
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - older_than_s
+    for path in tmp_dir.iterdir():
+        with contextlib.suppress(OSError):  # gone already (another instance cleaned it)
+            if path.stat().st_mtime < cutoff:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+
+
 def create_app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` (used by ``bota-ota serve --workers N``)."""
-    return create_app(Settings())
+    settings = Settings()
+    # A worker process is spawned afresh: give it the same log output as ``serve`` (no-op when it has one).
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    return create_app(settings)

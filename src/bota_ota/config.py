@@ -38,6 +38,26 @@ class Settings(BaseSettings):
         180, ge=5, le=86400, description="BLE mode ends when the app relays nothing for this long."
     )
     app_token_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="Lifetime of a mobile-app login.")
+    telemetry_flush_interval_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="Routine heartbeats' last-seen time and readings are written in batches at least this often.",
+    )
+    sweep_interval_s: float = Field(
+        30.0, gt=0, le=3600, description="How often each instance runs the BLE-mode and stalled-delivery timeouts."
+    )
+    db_max_connections: int = Field(
+        30,
+        ge=2,
+        le=1000,
+        description="PostgreSQL connections one server process (each --workers worker) may open at most.",
+    )
+    delivery_timeout_s: int = Field(
+        24 * 3600,
+        ge=0,
+        description="A delivered assignment with no progress for this long fails with delivery_timeout (0: never).",
+    )
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     secret_key: str | None = Field(
         None,

@@ -86,7 +86,10 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, max_connections: int = 30, **kwargs: Any) -> Engine:
+    """An engine for ``url``. On PostgreSQL the pool keeps up to 10 connections and opens at most
+    ``max_connections`` (BOTA_OTA_DB_MAX_CONNECTIONS): with several instances and workers, their sum must
+    stay below the server's ``max_connections``."""
     if url.startswith("sqlite"):
         if "poolclass" not in kwargs:
             # As many connections as request threads (anyio's default pool is 40): SQLite serialises the
@@ -98,8 +101,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if "poolclass" not in kwargs:
-        kwargs.setdefault("pool_size", 10)
-        kwargs.setdefault("max_overflow", 20)
+        kwargs.setdefault("pool_size", min(10, max_connections))
+        kwargs.setdefault("max_overflow", max_connections - kwargs["pool_size"])
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 

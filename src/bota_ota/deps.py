@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bota_ota.accounts.service import Principal, authenticate_api_token
 from bota_ota.config import Settings
+from bota_ota.devices.telemetry import TelemetryBuffer
 from bota_ota.errors import Forbidden, Unauthorized
 from bota_ota.storage import BlobStore
 
@@ -29,6 +30,8 @@ class AppContext:
     engine: Engine
     sessions: sessionmaker[Session]
     store: BlobStore
+    # Routine heartbeats' last-seen and readings, written behind in batches (bota_ota.background).
+    telemetry: TelemetryBuffer = field(default_factory=TelemetryBuffer)
     write_gate: asyncio.Lock = field(default_factory=asyncio.Lock)
     db_slots: asyncio.Semaphore = field(init=False)
 
@@ -85,12 +88,19 @@ class DatabaseAdmissionMiddleware:
 
     NO_DATABASE_PREFIXES = ("/dl/", "/docs", "/redoc", "/openapi.json", "/static/")
     WRITE_LOCK_EXEMPT = frozenset({"/api/v1/firmware", "/firmware/upload"})
+    # The heartbeat admits itself (ota/device_api.py): a slot for its read, and only when it has something
+    # to write, the write gate and a slot for the write. A routine heartbeat never queues behind writers.
+    SELF_ADMITTED = frozenset({"/api/device/v1/heartbeat"})
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.NO_DATABASE_PREFIXES):
+        if (
+            scope["type"] != "http"
+            or scope["path"].startswith(self.NO_DATABASE_PREFIXES)
+            or scope["path"] in self.SELF_ADMITTED
+        ):
             await self.app(scope, receive, send)
             return
         ctx: AppContext = scope["app"].state.ctx
@@ -123,16 +133,30 @@ class CloseSessionsMiddleware:
                 session.close()
 
 
+def _open_session(ctx: AppContext, request: Request, *, write: bool) -> Session:
+    """A session that the request's CloseSessionsMiddleware will close. On SQLite a read-only one begins
+    a deferred (read) transaction, so it does not queue behind writers."""
+    session = ctx.sessions()
+    request.scope.setdefault(SESSIONS_SCOPE_KEY, []).append(session)
+    if not write and ctx.sqlite:
+        session.connection(execution_options={"sqlite_begin": "DEFERRED"})
+    return session
+
+
 def get_session(ctx: CtxDep, request: Request) -> Iterator[Session]:
     """The request's unit of work: commit when the handler returns, roll back if it raises.
 
     Used with scope="function" so the commit happens before the response is sent: a client never
     sees a 201 for something that was not stored. Reads on SQLite do not queue behind writers.
     """
-    session = ctx.sessions()
-    request.scope.setdefault(SESSIONS_SCOPE_KEY, []).append(session)
-    if request.method in READ_ONLY_METHODS and ctx.engine.dialect.name == "sqlite":
-        session.connection(execution_options={"sqlite_begin": "DEFERRED"})
+    with request_session(ctx, request, write=request.method not in READ_ONLY_METHODS) as session:
+        yield session
+
+
+@contextlib.contextmanager
+def request_session(ctx: AppContext, request: Request, *, write: bool) -> Iterator[Session]:
+    """One unit of work inside a request: commit on success, roll back on error, always close."""
+    session = _open_session(ctx, request, write=write)
     try:
         yield session
         session.commit()

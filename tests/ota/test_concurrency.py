@@ -266,7 +266,8 @@ def test_more_concurrent_writes_than_request_threads_do_not_deadlock(server: Ser
 
             async def beat(i: int) -> int:
                 r = await client.post(
-                    "/api/device/v1/heartbeat", json={"firmware_version": "v1.0.0", "battery": i % 100},
+                    "/api/device/v1/heartbeat",
+                    json={"firmware_version": "v1.0.0", "battery": i % 100},
                     headers={"Authorization": f"Bearer {tokens[i % len(tokens)]}"},
                 )
                 return r.status_code

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from bota_ota.ota import device_api
 from bota_ota.storage import local
 from tests.factories import ApiClient, assert_problem, crc32, firmware_bytes, heartbeat, sha256_hex
 
@@ -176,14 +177,20 @@ def test_recording_without_assignment_defers_nothing(admin: ApiClient) -> None:
     assert reply.get("ota_deferred") is None
 
 
+def _clock_moves_on(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Move the server's clocks (the URL signer's and the heartbeat's) forward by ``seconds``."""
+    later = time.time() + seconds
+    monkeypatch.setattr(local, "time", types.SimpleNamespace(time=lambda: later))
+    monkeypatch.setattr(device_api, "utcnow", lambda: datetime.fromtimestamp(later, UTC))
+
+
 def test_delivered_without_progress_is_redelivered_with_a_fresh_url(
     admin: ApiClient, setup: dict[str, Any], image: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     aid = setup["assignment"]["id"]
     first = heartbeat(admin.client, setup["token"]).json()["ota"]
-    # Let the clock of the URL signer move on by an hour: the first URL has expired by then.
-    later = time.time() + 3600
-    monkeypatch.setattr(local, "time", types.SimpleNamespace(time=lambda: later))
+    # An hour later the first URL has expired.
+    _clock_moves_on(monkeypatch, 3600)
     assert_problem(admin.client.get(first["url"]), 403)
     second = heartbeat(admin.client, setup["token"]).json()["ota"]
     assert second is not None
@@ -198,12 +205,24 @@ def test_delivered_without_progress_is_redelivered_with_a_fresh_url(
     assert a["status"] == "delivered"
     assert [e["kind"] for e in a["events"]] == ["created", "delivered", "redelivered"]
     assert a["events"][-1]["status"] == "delivered"
+    assert datetime.fromisoformat(a["events"][-1]["detail"]["expires_at"]) == datetime.fromisoformat(
+        second["expires_at"]
+    )
 
 
-def test_each_lost_reply_is_redelivered(admin: ApiClient, setup: dict[str, Any]) -> None:
+def test_every_heartbeat_gets_a_fresh_url_but_redelivered_is_recorded_once_per_expired_url(
+    admin: ApiClient, setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A device that lost the reply (or is stuck) gets the manifest on every heartbeat; the history records a
+    # redelivery only once the last recorded URL has expired, not once a minute for as long as it is stuck.
+    for _ in range(3):
+        manifest = heartbeat(admin.client, setup["token"]).json()["ota"]
+        assert manifest["assignment_id"] == setup["assignment"]["id"]
+    assert _kinds(admin, setup["assignment"]["id"]) == ["created", "delivered"]
+    _clock_moves_on(monkeypatch, 901)  # past the 15-minute URL lifetime
     for _ in range(3):
         assert heartbeat(admin.client, setup["token"]).json()["ota"]["assignment_id"] == setup["assignment"]["id"]
-    assert _kinds(admin, setup["assignment"]["id"]) == ["created", "delivered", "redelivered", "redelivered"]
+    assert _kinds(admin, setup["assignment"]["id"]) == ["created", "delivered", "redelivered"]
 
 
 def test_progress_is_recorded(admin: ApiClient, setup: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -238,6 +239,25 @@ def test_create_bucket_is_idempotent(s3rver: S3rverInfo, s3_store: S3BlobStore, 
     )
 
     assert again.exists(stored) is True
+
+
+def test_create_bucket_tolerates_another_instance_creating_it_first(
+    s3rver: S3rverInfo, s3_store: S3BlobStore, stored: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two instances start together: both find the bucket missing, the other one creates it first.
+    real_head = s3_store.client.head_bucket
+    calls: list[str] = []
+
+    def missing_the_first_time(**kwargs: Any) -> Any:
+        calls.append(kwargs["Bucket"])
+        if len(calls) == 1:
+            raise ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadBucket")
+        return real_head(**kwargs)
+
+    monkeypatch.setattr(s3_store.client, "head_bucket", missing_the_first_time)
+    s3_store._ensure_bucket(s3rver.region)  # create_bucket fails (it exists): fine, it is there
+    assert len(calls) == 2
+    assert s3_store.exists(stored) is True
 
 
 # --- expiry and access key (checked by the server) -----------------------------------------------

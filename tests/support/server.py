@@ -38,6 +38,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *extra_args: str, timeout: float = 30.0) -> None:
+        self.spawn(*extra_args)
+        self.wait_healthy(timeout)
+
+    def spawn(self, *extra_args: str) -> None:
+        """Start the process and return at once (several servers can then start side by side)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         log = self.log_path.open("w")
@@ -56,6 +61,9 @@ class ServerProcess:
             text=True,
             env=self.env,
         )
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

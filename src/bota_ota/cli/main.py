@@ -76,7 +76,10 @@ def serve(
             data_dir = Path("data-demo")
         os.environ.setdefault("BOTA_OTA_HEARTBEAT_INTERVAL_S", "10")
     settings = load_settings(data_dir)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bota_ota.app import LOG_FORMAT
+
+    os.environ["BOTA_OTA_LOG_LEVEL"] = log_level  # worker processes (--workers) configure their logging from it
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo fleet's requests are in the access log
     creds = prepare_database(settings)
     if settings.storage_backend == "local":
@@ -107,6 +110,10 @@ def serve(
         workers=workers,
         log_level=log_level.lower(),
         proxy_headers=True,
+        # With --workers: how long a worker may take to answer the supervisor's ping. The default 5 s is
+        # shorter than a worker's start (a fresh interpreter importing the app) on a busy small machine,
+        # and the supervisor then kills and restarts it, again and again.
+        timeout_worker_healthcheck=30,
     )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bota_ota.db import Base, UTCDateTime, utcnow
@@ -18,9 +18,21 @@ DEVICE_MODELS: dict[str, str] = {
 }
 
 
+BLE_MODE_WHERE = text("ble_connected")
+
+
 class Device(Base):
     __tablename__ = "devices"
-    __table_args__ = (CheckConstraint("model in ('bota-pin','bota-pin-pro','bota-note')", name="model"),)
+    __table_args__ = (
+        CheckConstraint("model in ('bota-pin','bota-pin-pro','bota-note')", name="model"),
+        # The BLE-mode timeout sweep looks only at devices in BLE mode: a handful among a million.
+        Index(
+            "ix_devices_ble_mode_relay",
+            "ble_last_relay_at",
+            sqlite_where=BLE_MODE_WHERE,
+            postgresql_where=BLE_MODE_WHERE,
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the serial, e.g. BP-000123
     model: Mapped[str] = mapped_column(String(32), index=True)

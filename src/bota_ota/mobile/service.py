@@ -253,7 +253,9 @@ def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str
         ota.add_event(assignment, "delivered", actor=actor, channel="ble")
     else:
         # Recorded on the assignment, which stays active: a failed BLE attempt may be retried, and only the
-        # device reporting the assigned version makes it applied.
+        # device reporting the assigned version makes it applied. An attempt is progress: it holds off the
+        # stalled-delivery timeout (ota/sweeps.py).
         ota.add_event(assignment, f"ble_{body.state}", actor=actor, channel="ble", error=error)
+        assignment.progress_at = utcnow()
     session.flush()
     return assignment.id, assignment.status

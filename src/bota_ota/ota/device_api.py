@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from bota_ota.deps import SessionDep, SettingsDep, StoreDep, base_url, bearer_secret
-from bota_ota.devices.models import Device
-from bota_ota.devices.service import authenticate_device
-from bota_ota.errors import Unauthorized
-from bota_ota.ota.heartbeat import ManifestSigner, handle_heartbeat
+from bota_ota.db import utcnow
+from bota_ota.deps import CtxDep, base_url, bearer_secret, request_session
+from bota_ota.ota.heartbeat import HeartbeatCall, ManifestSigner, heartbeat_with_writes, routine_heartbeat
 from bota_ota.ota.schemas import Heartbeat, HeartbeatReply
+from bota_ota.security import hash_token
 
 router = APIRouter(prefix="/api/device/v1", tags=["device"])
 
@@ -22,17 +22,7 @@ _device_bearer = HTTPBearer(
     description="The device token issued at registration (bota_dt_...)",
 )
 
-
-def current_device(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_device_bearer)]
-) -> Device:
-    device = authenticate_device(session, bearer_secret(credentials))
-    if device is None:
-        raise Unauthorized("the device token is unknown (rotated or never issued)")
-    return device
-
-
-CurrentDevice = Annotated[Device, Depends(current_device)]
+DeviceCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_device_bearer)]
 
 
 @router.post(
@@ -41,13 +31,33 @@ CurrentDevice = Annotated[Device, Depends(current_device)]
     response_model_exclude_none=False,
     summary="Report status; the reply may carry an OTA manifest",
 )
-def heartbeat(
-    body: Heartbeat,
-    request: Request,
-    device: CurrentDevice,
-    session: SessionDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> HeartbeatReply:
-    signer = ManifestSigner(store=store, base_url=base_url(request, settings), ttl_s=settings.signed_url_ttl_s)
-    return handle_heartbeat(session, device, body, signer, interval_s=settings.heartbeat_interval_s)
+async def heartbeat(body: Heartbeat, request: Request, ctx: CtxDep, credentials: DeviceCredentials) -> HeartbeatReply:
+    """A read first; a write transaction only when the heartbeat changes something (see ota/heartbeat.py).
+
+    Admitted here rather than by DatabaseAdmissionMiddleware: a database slot around each step, and the
+    write gate (SQLite's one writer) only around the write, so a routine heartbeat never waits for writers.
+    """
+    settings = ctx.settings
+    call = HeartbeatCall(
+        token_hash=hash_token(bearer_secret(credentials)),
+        hb=body,
+        signer=ManifestSigner(store=ctx.store, base_url=base_url(request, settings), ttl_s=settings.signed_url_ttl_s),
+        buffer=ctx.telemetry,
+        interval_s=settings.heartbeat_interval_s,
+    )
+
+    def read() -> HeartbeatReply | None:
+        with request_session(ctx, request, write=False) as session:
+            return routine_heartbeat(session, call, utcnow())
+
+    def write() -> HeartbeatReply:
+        with request_session(ctx, request, write=True) as session:
+            return heartbeat_with_writes(session, call, utcnow())
+
+    async with ctx.db_slots:
+        reply = await run_in_threadpool(read)
+    if reply is None:
+        # Same order as every other writer (DatabaseAdmissionMiddleware): the write gate, then a slot.
+        async with ctx.db_write_gate(), ctx.db_slots:
+            reply = await run_in_threadpool(write)
+    return reply

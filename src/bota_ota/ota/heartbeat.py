@@ -1,27 +1,44 @@
 """The device heartbeat: telemetry in, at most one OTA manifest out.
 
-This is the hot path (every device, every interval). It reads the device and its active assignment,
-writes telemetry, and moves the assignment only on a real state change.
+This is the hot path (every device, every interval), so it runs in up to two steps:
+
+1. A read (``routine_heartbeat``): the device (by token hash) and its active assignment in one indexed
+   query, then a plan of what the heartbeat means. Most heartbeats change nothing material; their
+   last-seen time and readings go to the instance's write-behind buffer (``devices/telemetry.py``) and
+   the reply is built from what was read, a fresh manifest for an already delivered assignment included.
+   No write, no row lock.
+2. Only when the plan writes something (the first heartbeat, another firmware version, ``recording``
+   flipped, BLE mode ending, an assignment delivered, applied, failed or making progress) does a write
+   transaction (``heartbeat_with_writes``) lock the device and its active assignment, plan again from the
+   locked rows (another request may have moved them meanwhile) and store everything at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
 
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session, lazyload
 
 from bota_ota.db import utcnow
 from bota_ota.devices.models import Device
 from bota_ota.devices.service import record_device_event
-from bota_ota.errors import NotFound
+from bota_ota.devices.telemetry import PendingTelemetry, TelemetryBuffer
+from bota_ota.errors import NotFound, Unauthorized
 from bota_ota.firmware.models import Release
 from bota_ota.ota import service
-from bota_ota.ota.models import Assignment
-from bota_ota.ota.schemas import Heartbeat, HeartbeatReply, OtaManifest
+from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
+from bota_ota.ota.schemas import Heartbeat, HeartbeatReply, OtaManifest, OtaReport
 from bota_ota.storage import BlobStore
 
 # While the device says it is verifying, writing or rebooting, a download URL is of no use to it.
 _NO_MANIFEST_STATES = frozenset({"verifying", "writing", "rebooting"})
+
+Outcome = Literal["none", "apply", "fail", "hold", "defer", "deliver", "redeliver", "resend"]
+_RECORDED_OUTCOMES = frozenset({"apply", "fail", "deliver", "redeliver"})
+_MANIFEST_OUTCOMES = frozenset({"deliver", "redeliver", "resend"})
 
 
 @dataclass(frozen=True)
@@ -53,8 +70,87 @@ class ManifestSigner:
         )
 
 
-def apply_telemetry(device: Device, hb: Heartbeat, *, via_ble: bool) -> None:
-    device.last_seen_at = utcnow()
+@dataclass(frozen=True)
+class Plan:
+    """What one heartbeat means for the device row and its active assignment."""
+
+    material: bool  # telemetry that is written at once (see material_change)
+    progress: OtaReport | None  # a change of reported progress to record
+    outcome: Outcome
+    # none: no active assignment · apply / fail: final · hold: no manifest while verifying/writing/rebooting
+    # defer: recording · deliver: pending → delivered · redeliver: manifest again, recorded because the last
+    # recorded URL has expired · resend: manifest again with a fresh URL, nothing recorded
+
+    @property
+    def writes(self) -> bool:
+        return self.material or self.progress is not None or self.outcome in _RECORDED_OUTCOMES
+
+
+def material_change(device: Device, hb: Heartbeat) -> bool:
+    """Telemetry that must not wait for the write-behind flush: it decides deliveries and what people see."""
+    return (
+        device.last_seen_at is None  # the first heartbeat: "never seen" → online at once
+        or device.firmware_version != hb.firmware_version.strip()
+        or device.recording != bool(hb.recording)
+        or device.ble_connected  # the device speaks for itself again: BLE mode ends (an event)
+    )
+
+
+def plan_heartbeat(device: Device, assignment: Assignment | None, hb: Heartbeat, now: datetime) -> Plan:
+    """The rules of docs/device-protocol.md ("What the server does with a heartbeat"), without side effects."""
+    material = material_change(device, hb)
+    if assignment is None:
+        return Plan(material, None, "none")
+    if service.applied_by_version(assignment, hb.firmware_version):
+        return Plan(material, None, "apply")
+    report = hb.ota if hb.ota is not None and hb.ota.assignment_id == assignment.id else None
+    progress = None
+    if report is not None and assignment.status == "delivered":
+        if report.state == "failed":
+            return Plan(material, None, "fail")
+        if (report.state, report.progress) != (assignment.ota_state, assignment.progress):
+            progress = report
+        if report.state in _NO_MANIFEST_STATES:
+            return Plan(material, progress, "hold")
+    if hb.recording:
+        return Plan(material, progress, "defer")
+    if assignment.status == "pending":
+        return Plan(material, progress, "deliver")
+    if report is None and (assignment.delivery_expires_at is None or now >= assignment.delivery_expires_at):
+        # The device is not working on it and the last recorded URL is dead: worth an event. Heartbeats in
+        # between get a fresh URL too, but recording each of them would only add noise.
+        return Plan(material, progress, "redeliver")
+    return Plan(material, progress, "resend")
+
+
+def _reply(
+    session: Session, assignment: Assignment | None, plan: Plan, signer: ManifestSigner, interval_s: int
+) -> HeartbeatReply:
+    reply = HeartbeatReply(heartbeat_interval_s=interval_s, ota=None)
+    if plan.outcome == "defer":
+        # No firmware transfer while recording: keep the assignment where it is and say why.
+        reply.ota_deferred = "recording"
+    elif plan.outcome in _MANIFEST_OUTCOMES:
+        assert assignment is not None
+        reply.ota = signer.manifest(session, assignment)
+    return reply
+
+
+def apply_telemetry(
+    device: Device,
+    hb: Heartbeat,
+    *,
+    via_ble: bool,
+    now: datetime | None = None,
+    pending: PendingTelemetry | None = None,
+) -> None:
+    """Store a heartbeat's telemetry on the row. ``pending`` is this instance's buffered, not yet written
+    reading of the device: its values count where this heartbeat leaves a field out."""
+    if pending is not None and (device.last_seen_at is None or pending.seen_at > device.last_seen_at):
+        device.battery = pending.battery if pending.battery is not None else device.battery
+        device.network = pending.network if pending.network is not None else device.network
+        device.rssi = pending.rssi if pending.rssi is not None else device.rssi
+    device.last_seen_at = now or utcnow()
     device.firmware_version = hb.firmware_version.strip()
     device.recording = bool(hb.recording)
     if hb.battery is not None:
@@ -67,47 +163,84 @@ def apply_telemetry(device: Device, hb: Heartbeat, *, via_ble: bool) -> None:
     device.ble_connected = via_ble
 
 
-def handle_heartbeat(
-    session: Session, device: Device, hb: Heartbeat, signer: ManifestSigner, *, interval_s: int
-) -> HeartbeatReply:
+@dataclass(frozen=True)
+class HeartbeatCall:
+    """One device heartbeat as it reached the server: who sent it (token hash), what it says, and what the
+    reply needs (the URL signer, the interval). ``buffer`` is this instance's write-behind buffer."""
+
+    token_hash: str
+    hb: Heartbeat
+    signer: ManifestSigner
+    buffer: TelemetryBuffer
+    interval_s: int
+
+    def reading(self, now: datetime) -> PendingTelemetry:
+        return PendingTelemetry(seen_at=now, battery=self.hb.battery, network=self.hb.network, rssi=self.hb.rssi)
+
+
+def routine_heartbeat(session: Session, call: HeartbeatCall, now: datetime) -> HeartbeatReply | None:
+    """The reply to a heartbeat that writes nothing (its telemetry goes to the buffer), or None when the
+    heartbeat has something to write: then call ``heartbeat_with_writes`` in a write transaction."""
+    row = session.execute(
+        select(Device, Assignment)
+        .outerjoin(Assignment, and_(Assignment.device_id == Device.id, Assignment.status.in_(ACTIVE_STATUSES)))
+        .where(Device.token_hash == call.token_hash)
+        .options(lazyload(Device.owner))
+    ).first()
+    if row is None:
+        raise Unauthorized("the device token is unknown (rotated or never issued)")
+    device, assignment = row
+    plan = plan_heartbeat(device, assignment, call.hb, now)
+    if plan.writes:
+        return None
+    reply = _reply(session, assignment, plan, call.signer, call.interval_s)
+    call.buffer.add(device.id, call.reading(now))
+    return reply
+
+
+def heartbeat_with_writes(session: Session, call: HeartbeatCall, now: datetime) -> HeartbeatReply:
+    """The whole heartbeat, written at once, with the device and its active assignment locked."""
+    device = session.scalar(
+        select(Device).where(Device.token_hash == call.token_hash).options(lazyload(Device.owner)).with_for_update()
+    )
+    if device is None:
+        raise Unauthorized("the device token is unknown (rotated or never issued)")
+    hb = call.hb
+    assignment = service.active_assignment(session, device.id, lock=True)
+    plan = plan_heartbeat(device, assignment, hb, now)
     if device.ble_connected:  # the device speaks for itself again: BLE mode is over
         record_device_event(session, device.id, "ble.disconnected", reason="device heartbeat")
-    apply_telemetry(device, hb, via_ble=False)
-    reply = HeartbeatReply(heartbeat_interval_s=interval_s, ota=None)
-    assignment = service.active_assignment(session, device.id, lock=True)
-    if assignment is None:
-        return reply
-
-    if service.applied_by_version(assignment, hb.firmware_version):
-        service.mark_applied(assignment, reported_version=hb.firmware_version, channel="http")
-        return reply
-
-    report = hb.ota if hb.ota is not None and hb.ota.assignment_id == assignment.id else None
-    if report is not None and assignment.status == "delivered":
-        if report.state == "failed":
-            service.mark_failed(assignment, error=(report.error or "unknown").strip() or "unknown", channel="http")
-            return reply
-        if report.state != assignment.ota_state:
-            service.add_event(assignment, "progress", state=report.state, progress=report.progress)
-        assignment.ota_state = report.state
-        assignment.progress = report.progress
-        assignment.progress_at = utcnow()
-        if report.state in _NO_MANIFEST_STATES:
-            return reply
-
-    if device.recording:
-        # No firmware transfer while recording: keep the assignment where it is and say why.
-        reply.ota_deferred = "recording"
-        return reply
-
-    reply.ota = signer.manifest(session, assignment)
-    assignment.delivery_count += 1
-    if assignment.status == "pending":
-        assignment.status = "delivered"
-        assignment.channel = "http"
-        assignment.delivered_at = utcnow()
-        service.add_event(assignment, "delivered", channel="http", expires_at=reply.ota.expires_at.isoformat())
-    elif report is None:
-        # Delivered before, and the device is not working on it: the reply was lost or the URL expired.
-        service.add_event(assignment, "redelivered", delivery=assignment.delivery_count)
+    apply_telemetry(device, hb, via_ble=False, now=now, pending=call.buffer.peek(device.id))
+    reply = _reply(session, assignment, plan, call.signer, call.interval_s)
+    if assignment is not None:
+        _record(assignment, hb, plan, reply.ota, now)
     return reply
+
+
+def _record(assignment: Assignment, hb: Heartbeat, plan: Plan, manifest: OtaManifest | None, now: datetime) -> None:
+    """Write what the plan says happened to the assignment (its row is locked)."""
+    if plan.outcome == "apply":
+        service.mark_applied(assignment, reported_version=hb.firmware_version, channel="http")
+        return
+    if plan.outcome == "fail":
+        assert hb.ota is not None
+        service.mark_failed(assignment, error=(hb.ota.error or "unknown").strip() or "unknown", channel="http")
+        return
+    if plan.progress is not None:
+        if plan.progress.state != assignment.ota_state:
+            service.add_event(assignment, "progress", state=plan.progress.state, progress=plan.progress.progress)
+        assignment.ota_state = plan.progress.state
+        assignment.progress = plan.progress.progress
+        assignment.progress_at = now
+    if plan.outcome in ("deliver", "redeliver"):
+        assert manifest is not None
+        assignment.delivery_count += 1
+        assignment.delivery_expires_at = manifest.expires_at
+        if plan.outcome == "deliver":
+            assignment.status = "delivered"
+            assignment.channel = "http"
+            assignment.delivered_at = now
+            service.add_event(assignment, "delivered", channel="http", expires_at=manifest.expires_at.isoformat())
+        else:
+            expires_at = manifest.expires_at.isoformat()
+            service.add_event(assignment, "redelivered", delivery=assignment.delivery_count, expires_at=expires_at)

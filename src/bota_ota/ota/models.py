@@ -48,7 +48,9 @@ class Assignment(Base):
     ota_state: Mapped[str | None] = mapped_column(String(16))
     progress: Mapped[int | None] = mapped_column(Integer)
     progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    delivery_count: Mapped[int] = mapped_column(Integer, default=0)
+    delivery_count: Mapped[int] = mapped_column(Integer, default=0)  # recorded deliveries (delivered + redelivered)
+    # When the URL of the last recorded delivery expires: a "redelivered" event is recorded only after it.
+    delivery_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     events: Mapped[list[AssignmentEvent]] = relationship(
         back_populates="assignment", cascade="all, delete-orphan", order_by="AssignmentEvent.seq"

@@ -45,7 +45,18 @@ class S3BlobStore:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            self.client.create_bucket(**kwargs)
+            try:
+                self.client.create_bucket(**kwargs)
+            except ClientError:
+                # Several instances starting at once all find it missing and one creates it first: fine if it
+                # is there (and ours to use) now.
+                try:
+                    self.client.head_bucket(Bucket=self.bucket)
+                except ClientError:
+                    pass
+                else:
+                    return
+                raise
 
     def put_file(self, key: str, source: Path, *, content_type: str = "application/octet-stream") -> None:
         self.client.upload_file(str(source), self.bucket, key, ExtraArgs={"ContentType": content_type})

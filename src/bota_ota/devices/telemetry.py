@@ -1,0 +1,125 @@
+"""Write-behind telemetry: routine heartbeats are remembered here and written to the database in batches.
+
+A routine heartbeat (nothing to deliver, nothing material changed) only moves ``last_seen_at`` and the
+battery/network/rssi readings. Writing those at once would cost one transaction per heartbeat (about
+16,700 a second for a million devices at one a minute), so each instance keeps the latest values per
+device in memory and a background task writes them in one batched ``UPDATE`` every few seconds
+(``BOTA_OTA_TELEMETRY_FLUSH_INTERVAL_S``), sooner when many devices are waiting, and on shutdown.
+
+Every instance has its own buffer. The ``UPDATE`` only moves a row forward in time
+(``last_seen_at < :seen_at``), so a late flush from one instance never overwrites what another instance
+(or a synchronous write) stored for a newer heartbeat of the same device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from sqlalchemy import bindparam, func, or_, update
+from sqlalchemy.engine import Engine
+
+from bota_ota.db import UTCDateTime
+from bota_ota.devices.models import Device
+
+log = logging.getLogger(__name__)
+
+FLUSH_BATCH_ROWS = 1000  # rows per UPDATE transaction: short row locks, bounded statement size
+
+
+@dataclass(frozen=True)
+class PendingTelemetry:
+    """The newest routine telemetry of one device that is not in the database yet."""
+
+    seen_at: datetime
+    battery: int | None = None
+    network: str | None = None
+    rssi: int | None = None
+
+    def merged_over(self, older: PendingTelemetry) -> PendingTelemetry:
+        """This (newer) reading on top of an older one: omitted fields keep their older value."""
+        return replace(
+            self,
+            battery=self.battery if self.battery is not None else older.battery,
+            network=self.network if self.network is not None else older.network,
+            rssi=self.rssi if self.rssi is not None else older.rssi,
+        )
+
+
+class TelemetryBuffer:
+    """Per-instance buffer, keyed by device id; the latest reading wins. Thread-safe (handlers run in threads).
+
+    ``on_full`` is called once (from whichever thread added the entry) when ``flush_at`` devices are
+    waiting, so the flusher can write early instead of letting the buffer grow until its next turn.
+    """
+
+    def __init__(self, *, flush_at: int = 5000, on_full: Callable[[], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, PendingTelemetry] = {}
+        self._full_signalled = False
+        self.flush_at = flush_at
+        self.on_full = on_full
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, device_id: str, reading: PendingTelemetry) -> None:
+        with self._lock:
+            older = self._pending.get(device_id)
+            if older is not None and older.seen_at > reading.seen_at:
+                reading, older = older, reading
+            self._pending[device_id] = reading.merged_over(older) if older is not None else reading
+            signal = len(self._pending) >= self.flush_at and not self._full_signalled
+            if signal:
+                self._full_signalled = True
+        if signal and self.on_full is not None:
+            self.on_full()
+
+    def peek(self, device_id: str) -> PendingTelemetry | None:
+        with self._lock:
+            return self._pending.get(device_id)
+
+    def take_all(self) -> dict[str, PendingTelemetry]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._full_signalled = False
+        return pending
+
+    def restore(self, entries: dict[str, PendingTelemetry]) -> None:
+        """Put back what a failed flush took (newer readings that arrived meanwhile win)."""
+        for device_id, reading in entries.items():
+            self.add(device_id, reading)
+
+
+_FLUSH = (
+    update(Device)
+    .where(
+        Device.id == bindparam("b_id"),
+        # Only forward in time: never overwrite a newer heartbeat stored by another instance or written at once.
+        or_(Device.last_seen_at.is_(None), Device.last_seen_at < bindparam("b_seen_at", type_=UTCDateTime)),
+    )
+    .values(
+        last_seen_at=bindparam("b_seen_at", type_=UTCDateTime),
+        battery=func.coalesce(bindparam("b_battery"), Device.battery),
+        network=func.coalesce(bindparam("b_network"), Device.network),
+        rssi=func.coalesce(bindparam("b_rssi"), Device.rssi),
+    )
+)
+
+
+def write_telemetry(engine: Engine, entries: dict[str, PendingTelemetry]) -> int:
+    """Write buffered readings in batched UPDATEs (executemany), in device-id order so that two instances
+    flushing overlapping devices take row locks in the same order and cannot deadlock. Returns rows written."""
+    rows = [
+        {"b_id": device_id, "b_seen_at": r.seen_at, "b_battery": r.battery, "b_network": r.network, "b_rssi": r.rssi}
+        for device_id, r in sorted(entries.items())
+    ]
+    written = 0
+    for start in range(0, len(rows), FLUSH_BATCH_ROWS):
+        with engine.begin() as conn:
+            result = conn.execute(_FLUSH, rows[start : start + FLUSH_BATCH_ROWS])
+            written += max(result.rowcount, 0)
+    return written
