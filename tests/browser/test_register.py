@@ -37,13 +37,3 @@ def test_register_a_device_and_its_token_works(page: Page, portal: Portal) -> No
     expect(page.get_by_role("heading", name="BP-000777")).to_be_visible()
     expect(page.locator("#device-token")).to_have_count(0)
     assert device_token not in page.content()
-
-
-def test_a_viewer_cannot_register_devices(page: Page, portal: Portal) -> None:
-    sign_in(page, *portal.create_user("viewer@example.com", "viewer"))
-    page.goto("/devices")
-    expect(page.get_by_role("heading", name=re.compile("^Devices"))).to_be_visible()
-    expect(page.get_by_role("link", name="Register device")).to_have_count(0)
-    response = page.goto("/devices/new")
-    assert response is not None
-    assert response.status == 403

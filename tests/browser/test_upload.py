@@ -111,13 +111,3 @@ def test_a_duplicate_version_shows_the_servers_error_beside_the_field(page: Page
     expect(page.get_by_role("button", name="Upload")).to_be_enabled()  # the operator can fix it and retry
     expect(page).to_have_url(re.compile(r"/firmware/upload$"))
     assert [r["version"] for r in portal.api.get("/api/v1/firmware").json()] == ["v1.0.1"]
-
-
-def test_a_viewer_gets_no_upload_form(page: Page, portal: Portal) -> None:
-    sign_in(page, *portal.create_user("viewer@example.com", "viewer"))
-    page.goto("/firmware")
-    expect(page.get_by_role("heading", name="Firmware", exact=True)).to_be_visible()
-    expect(page.get_by_role("link", name="Upload firmware")).to_have_count(0)
-    response = page.goto("/firmware/upload")
-    assert response is not None
-    assert response.status == 403
