@@ -59,7 +59,11 @@ class Portal:
 
     @classmethod
     def start(cls, server: ServerProcess, *extra_args: str, timeout: float = START_TIMEOUT_S) -> Portal:
-        server.start(*extra_args, timeout=timeout)
+        try:
+            server.start(*extra_args, timeout=timeout)
+        except BaseException:
+            server.stop()  # a server that did not become healthy in time must not outlive the test
+            raise
         output = server.output()
         password = PASSWORD_RE.search(output)
         token = server.admin_token_from_output()
