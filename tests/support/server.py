@@ -37,9 +37,15 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *extra_args: str, timeout: float = 30.0) -> None:
+    def start(self, *extra_args: str, timeout: float = 90.0) -> None:
+        """Spawn and wait until healthy; a server that does not get there is stopped, never leaked.
+        (90 s: a first start migrates the database, and CI machines can be slow and loaded.)"""
         self.spawn(*extra_args)
-        self.wait_healthy(timeout)
+        try:
+            self.wait_healthy(timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def spawn(self, *extra_args: str) -> None:
         """Start the process and return at once (several servers can then start side by side)."""
