@@ -92,8 +92,13 @@ class BackgroundWork:
             self._wake.clear()
             if self._stopping.is_set():
                 return  # stop() writes the rest
-            with contextlib.suppress(Exception):  # logged by flush(); the next turn tries again
+            try:
                 await self.flush()
+            except Exception:
+                # Logged by flush(). Wait a whole interval before the next attempt, even with a full buffer:
+                # no tight loop against a database that is down.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
     # ---- sweeps ------------------------------------------------------------------------------------
     async def sweep(self) -> dict[str, int]:
