@@ -29,9 +29,30 @@ def py_spy() -> list[str]:
     return [found] if found else ["uv", "tool", "run", "py-spy"]
 
 
+# Own time by layer, from the file of the frame a sample was taken in. A call into C (the database driver,
+# uvloop's transport, pydantic-core) counts for the Python frame that made it.
+LAYERS = (
+    ("database driver calls (execute, fetch, commit)", ("do_execute", "do_commit", "do_rollback", "fetch")),
+    ("SQLAlchemy (ORM, Core, pool)", ("sqlalchemy/",)),
+    ("Pydantic (validation, serialization)", ("pydantic",)),
+    ("FastAPI / Starlette (routing, dependencies, middleware)", ("fastapi/", "starlette/")),
+    ("thread hand-off (anyio worker threads, locks, queues)", ("anyio/", "threading.py", "queue.py")),
+    ("uvicorn and the event loop (HTTP, transport)", ("uvicorn/", "asyncio/", "uvloop")),
+    ("bota_ota's own code", ("bota_ota/",)),
+)
+
+
+def layer_of(frame: str) -> str:
+    for name, needles in LAYERS:
+        if any(n in frame for n in needles):
+            return name
+    return "other"
+
+
 def summarize(raw: Path, top: int = 25) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    layers: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -43,9 +64,12 @@ def summarize(raw: Path, top: int = 25) -> str:
         if not frames:
             continue
         own[frames[-1]] += n
+        layers[layer_of(frames[-1])] += n
         for frame in set(frames):
             inclusive[frame] += n
-    lines = [f"{total} samples", "", "own time:"]
+    lines = [f"{total} samples", "", "own time by layer:"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in layers.most_common()]
+    lines += ["", "own time:"]
     lines += [f"  {n / total:6.1%}  {frame}" for frame, n in own.most_common(top)]
     lines += ["", "including callees:"]
     lines += [f"  {n / total:6.1%}  {frame}" for frame, n in inclusive.most_common(top * 2)]
