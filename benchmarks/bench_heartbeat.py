@@ -54,15 +54,17 @@ def check_heartbeat(server: Server) -> None:
         raise RuntimeError(f"unexpected heartbeat reply: {body}")
 
 
-def measure(server: Server, opts: Options, devices: int) -> dict[str, Any]:
+def measure(server: Server, opts: Options, devices: int, db_pid: int | None = None) -> dict[str, Any]:
+    """wrk, then the open-loop generator; ``db_pid``: PostgreSQL's postmaster, whose CPU is the server's too."""
+    pids = {"server": server.proc.pid, **({"database": db_pid} if db_pid else {})}
     env = {"BENCH_LUA_DIR": str(BENCH_DIR / "lua"), "BENCH_DEVICES": str(devices), "BENCH_PATH": HEARTBEAT_PATH}
     url = server.url + HEARTBEAT_PATH
     script = BENCH_DIR / "lua" / "heartbeat.lua"
     run_wrk(url, duration_s=2 if opts.quick else 5, connections=CONNECTIONS, script=script, env=env)  # warm-up
-    window = CpuWindow.start(server=server.proc.pid)
+    window = CpuWindow.start(**pids)
     wrk = run_wrk(url, duration_s=opts.heartbeat_s, connections=CONNECTIONS, script=script, env=env)
     cpu = window.stop()
-    window = CpuWindow.start(server=server.proc.pid)
+    window = CpuWindow.start(**pids)
     done = subprocess.run(
         [
             sys.executable,
@@ -90,6 +92,7 @@ def measure(server: Server, opts: Options, devices: int) -> dict[str, Any]:
         "wrk": wrk.as_dict(),
         "cpu": cpu,
         "server_cpu_ms_per_request": round(cpu["server"]["cpu_s"] * 1000 / max(1, wrk.requests), 3),
+        "database_cpu_ms_per_request": round(cpu.get("database", {}).get("cpu_s", 0) * 1000 / max(1, wrk.requests), 3),
         "fixed_rate": fixed,
     }
 
@@ -113,7 +116,8 @@ def run(opts: Options, procs: Processes, pg: Postgres | None) -> tuple[dict[str,
                 log(f"(a) {config}: heartbeat, run {attempt + 1}/{opts.repeat}")
                 server = start_bota(procs, inst.data_dir, workers=workers, env=inst.env)
                 check_heartbeat(server)
-                hb_result = measure(server, opts, opts.heartbeat_devices)
+                db_pid = pg.proc.pid if database == "postgres" and pg is not None and pg.proc else None
+                hb_result = measure(server, opts, opts.heartbeat_devices, db_pid)
                 procs.stop(server.proc)
                 runs.append({"hello": hello_result, "heartbeat": hb_result})
                 log(

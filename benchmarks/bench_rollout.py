@@ -76,6 +76,9 @@ def run_one(opts: Options, procs: Processes, pg: Postgres | None, workers: int, 
     result["download_capacity"] = {**dl.as_dict(), "files_per_s": round(dl.rps, 1), "rollout_download_s": download_s}
 
     engine = make_engine(inst.database_url)
+    pids = {"server": server.proc.pid}
+    if pg is not None and pg.proc is not None:
+        pids["database"] = pg.proc.pid
     flash_dir = opts.scratch / "rollout-flash"
     stats_path = opts.scratch / "rollout-fleet.json"
     fleet_started_at = datetime.now(UTC)
@@ -95,6 +98,7 @@ def run_one(opts: Options, procs: Processes, pg: Postgres | None, workers: int, 
             str(stats_path),
         ],
     )
+    pids["simulator"] = fleet.pid
     try:
         # Read transactions (SQLite: DEFERRED, never the write lock), a fresh snapshot for each query.
         with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
@@ -117,11 +121,11 @@ def run_one(opts: Options, procs: Processes, pg: Postgres | None, workers: int, 
             result["all_devices_seen_s"] = round(time.monotonic() - started, 1)
             log(f"(b) {config}: all {n:,} devices heartbeating after {result['all_devices_seen_s']} s")
 
-            window = CpuWindow.start(server=server.proc.pid, simulator=fleet.pid)
+            window = CpuWindow.start(**pids)
             time.sleep(interval * 2)
             result["steady_cpu"] = window.stop()
 
-            window = CpuWindow.start(server=server.proc.pid, simulator=fleet.pid)
+            window = CpuWindow.start(**pids)
             t0 = time.monotonic()
             seed.assign_all(
                 inst.database_url,
