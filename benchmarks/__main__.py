@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             if pg is not None:
                 pg.stop()
     finally:
+        # The processes' logs (servers, simulator, nginx, PostgreSQL) go next to the JSON, for post-mortems.
+        logs = args.out.parent / "logs"
+        shutil.rmtree(logs, ignore_errors=True)
+        if (opts.scratch / "logs").is_dir():
+            shutil.copytree(opts.scratch / "logs", logs)
         if args.keep:
             log(f"scratch kept in {opts.scratch}")
         else:

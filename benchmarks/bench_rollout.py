@@ -158,7 +158,8 @@ def run_one(opts: Options, procs: Processes, pg: Postgres | None, workers: int, 
             result["checks"] = _checks(query)
             log(f"(b) {config}: {timeline[-1]} after {done_s:.1f} s")
     finally:
-        procs.stop(fleet)  # SIGTERM: the simulator stops and writes its statistics
+        # SIGTERM: the simulator stops its devices and writes its statistics (10,000 devices take a while).
+        procs.stop(fleet, timeout=120)
         procs.stop(server.proc)
         engine.dispose()
     result["simulator"] = json.loads(stats_path.read_text()) if stats_path.exists() else None

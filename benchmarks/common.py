@@ -106,8 +106,8 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def stop(self, proc: Proc) -> None:
-        proc.stop()
+    def stop(self, proc: Proc, timeout: float = 15.0) -> None:
+        proc.stop(timeout)
         if proc in self.procs:
             self.procs.remove(proc)
 

@@ -99,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     )
     creds = [Credentials(device_id(i), device_token(i), args.firmware) for i in range(1, args.devices + 1)]
     started = time.monotonic()
+    out = Path(args.out)
     async with Fleet(config, creds) as fleet:
         if args.heartbeats == "raw" and fleet.net is not None:
             await fleet.net.heartbeats.aclose()
@@ -106,25 +107,35 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, fleet.stop)
-        await fleet.run()
-        stats = fleet.stats()
-        per_device_applied = Counter(d.stats.applied for d in fleet.devices)
-        return {
-            "devices": len(fleet.devices),
-            "heartbeat_client": args.heartbeats,
-            "wall_s": round(time.monotonic() - started, 1),
-            "heartbeats": stats.heartbeats,
-            "heartbeat_errors": stats.heartbeat_errors,
-            "applied": stats.applied,
-            "devices_applied_more_than_once": sum(n for k, n in per_device_applied.items() if k > 1),
-            "devices_never_applied": per_device_applied.get(0, 0),
-            "failed": dict(stats.failed),
-            "retries": stats.retries,
-            "resumed": stats.resumed,
-            "bytes": stats.bytes,
-            "states": dict(fleet.states()),
-            "versions": dict(fleet.versions()),
-        }
+        runner = asyncio.create_task(fleet.run())
+        snapshot = _snapshot(fleet, args, started)
+        while not runner.done():  # a snapshot every 10 s: progress in the log, statistics even if killed
+            await asyncio.wait([runner], timeout=10)
+            snapshot = _snapshot(fleet, args, started)
+            await asyncio.to_thread(out.write_text, json.dumps(snapshot, indent=1))
+            print(json.dumps({k: snapshot[k] for k in ("wall_s", "heartbeats", "heartbeat_errors", "states")}))
+        return snapshot
+
+
+def _snapshot(fleet: Fleet, args: argparse.Namespace, started: float) -> dict[str, object]:
+    stats = fleet.stats()
+    per_device_applied = Counter(d.stats.applied for d in fleet.devices)
+    return {
+        "devices": len(fleet.devices),
+        "heartbeat_client": args.heartbeats,
+        "wall_s": round(time.monotonic() - started, 1),
+        "heartbeats": stats.heartbeats,
+        "heartbeat_errors": stats.heartbeat_errors,
+        "applied": stats.applied,
+        "devices_applied_more_than_once": sum(n for k, n in per_device_applied.items() if k > 1),
+        "devices_never_applied": per_device_applied.get(0, 0),
+        "failed": dict(stats.failed),
+        "retries": stats.retries,
+        "resumed": stats.resumed,
+        "bytes": stats.bytes,
+        "states": dict(fleet.states()),
+        "versions": dict(fleet.versions()),
+    }
 
 
 def main() -> None:
@@ -137,8 +148,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--heartbeats", choices=("raw", "httpx"), default="raw", help="heartbeat HTTP client")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":
