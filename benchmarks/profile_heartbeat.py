@@ -32,7 +32,10 @@ def py_spy() -> list[str]:
 # Own time by layer, from the file of the frame a sample was taken in. A call into C (the database driver,
 # uvloop's transport, pydantic-core) counts for the Python frame that made it.
 LAYERS = (
-    ("database driver calls (execute, fetch, commit)", ("do_execute", "do_commit", "do_rollback", "fetch")),
+    (
+        "database driver (psycopg, sqlite3 calls: connect, execute, fetch, commit)",
+        ("psycopg", "do_execute", "do_commit", "do_rollback", "fetch", "_sqlite_pragmas", "Dialect.connect"),
+    ),
     ("SQLAlchemy (ORM, Core, pool)", ("sqlalchemy/",)),
     ("Pydantic (validation, serialization)", ("pydantic",)),
     ("FastAPI / Starlette (routing, dependencies, middleware)", ("fastapi/", "starlette/")),
