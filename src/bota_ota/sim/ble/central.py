@@ -239,6 +239,9 @@ class BumbleOtaTransport:
         finally:
             watcher.cancel()
         if task in done:
+            if task.cancelled():
+                # Bumble cancels a pending ATT request when the link goes down under it.
+                raise OtaDisconnectedError()
             return task.result()
         task.cancel()
         if watcher in done:
