@@ -41,6 +41,7 @@ pytestmark = [
 ]
 
 DEVICES = 30
+STARTUP_DEADLINE_S = 120
 NEW_VERSION = "v2.0.0"
 HEARTBEAT = re.compile(r'"POST /api/device/v1/heartbeat HTTP/1.1" 200')
 
@@ -81,8 +82,9 @@ def cluster(tmp_path: Path, database_url: str, s3rver: S3rverInfo) -> Iterator[C
         # Started side by side on an empty database: they migrate, and bootstrap the admin, concurrently.
         a.spawn("--workers", "2")
         b.spawn()
-        a.wait_healthy(60)
-        b.wait_healthy(60)
+        # A bounded wait, not a speed check: three interpreters start on what may be a busy 2-core machine.
+        a.wait_healthy(STARTUP_DEADLINE_S)
+        b.wait_healthy(STARTUP_DEADLINE_S)
         created = cli(env, "token", "create", "--name", "fleet", "--role", "operator", "--data-dir", str(a.data_dir))
         yield Cluster(a=a, b=b, env=env, token=created.stdout.strip().splitlines()[-1], database_url=database_url)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -66,6 +67,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=self.env,
+            # Its own process group: with --workers, stop() can kill the workers too if it must.
+            start_new_session=True,
         )
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
@@ -90,15 +93,18 @@ class ServerProcess:
         return m.group(1) if m else None
 
     def stop(self) -> int | None:
-        """SIGTERM and wait. uvicorn shuts down gracefully, then re-raises the signal: expect -15."""
+        """SIGTERM and wait. uvicorn shuts down gracefully, then re-raises the signal: expect -15 (with
+        --workers the supervisor exits 0). If it does not stop in time, its whole process group is killed,
+        so no worker outlives a test."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         return self.proc.returncode
 
