@@ -193,7 +193,7 @@ def _rows(config: str, r: dict[str, Any], opts: Options) -> list[Row]:
     checks = r["checks"]
     sim = r.get("simulator") or {}
     ok_counts = (
-        checks["applied"] == n
+        checks["applied"] + checks["still_active"] == n
         and checks["assignments_applied_twice"] == 0
         and checks["applied_events"] == n
         and checks["devices_on_new_version"] == n
@@ -218,7 +218,10 @@ def _rows(config: str, r: dict[str, Any], opts: Options) -> list[Row]:
             "b rollout",
             label,
             "lost / applied twice",
-            f"{n - checks['applied']:,} / {twice:,}",
+            # Still pending or delivered at the deadline is unfinished, not lost.
+            (f"{checks['failed']:,}" if checks["still_active"] else f"{n - checks['applied']:,}")
+            + f" / {twice:,}"
+            + (f" ({checks['still_active']:,} unfinished)" if checks["still_active"] else ""),
             f"{checks['failed']} failed",
             None,
             "0 / 0",
