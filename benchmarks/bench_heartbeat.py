@@ -173,7 +173,7 @@ def _rows(config: str, database: str, runs: list[dict[str, Any]], opts: Options)
             "a heartbeat",
             config,
             f"p99 at {opts.rate:,.0f}/s (open loop)",
-            (f"{p99:,.1f} ms" if p99 != float("inf") else "no reply (> 1 % lost)") + f", {achieved:,.0f}/s done",
+            (f"{p99:,.1f} ms" if p99 != float("inf") else "> 1 % unanswered") + f", {achieved:,.0f}/s done",
             f"hello {hello_p99:,.1f} ms",
             None,
             f"< {TARGET_P99_MS:.0f} ms",

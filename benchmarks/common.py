@@ -86,12 +86,14 @@ class Processes:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
+        self.started = 0  # numbers the log files
 
     def start(
         self, name: str, cmd: Sequence[str | Path], *, env: dict[str, str] | None = None, cwd: Path = ROOT
     ) -> Proc:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}-{len(self.procs)}.log"
+        self.started += 1
+        log_path = self.log_dir / f"{name}-{self.started}.log"
         with log_path.open("wb") as out:
             popen = subprocess.Popen(
                 [str(c) for c in cmd],
