@@ -14,6 +14,7 @@ from bota_ota.storage.local import DOWNLOAD_PREFIX, LocalBlobStore, verify
 
 log = logging.getLogger(__name__)
 
+
 class FirmwareFileResponse(FileResponse):
     """1 MiB reads instead of Starlette's 64 KiB: each read is a hop to a worker thread, and at 64 KiB
     those hops capped downloads at about a quarter of nginx's rate (docs/performance.md, (c))."""
