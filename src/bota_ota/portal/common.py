@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -39,3 +40,15 @@ def require(user: User, role: str) -> None:
 
 def pages(total: int) -> int:
     return max(1, -(-total // PAGE_SIZE))
+
+
+def listing(total: int, page: int, filters: dict[str, str]) -> dict[str, Any]:
+    """What a filtered, paged list page needs: counts, the filters, and ``query(page=n)`` for its links
+    (the filters kept, empty ones left out)."""
+    return {
+        "total": total,
+        "page": page,
+        "pages": pages(total),
+        "filters": filters,
+        "query": lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -19,7 +18,7 @@ from bota_ota.firmware import service as firmware
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
-from bota_ota.portal.common import PAGE_SIZE, pages, render, require
+from bota_ota.portal.common import PAGE_SIZE, listing, render, require
 
 router = APIRouter(include_in_schema=False)
 
@@ -59,17 +58,9 @@ def devices_page(
     ]
     filters = {"q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or ""}
     return render(
-        request,
-        "devices.html",
-        user=user,
-        devices=devices,
-        total=total,
-        page=page,
-        pages=pages(total),
-        filters=filters,
-        statuses=ASSIGNMENT_STATUSES,
-        query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
-    )
+        request, "devices.html", user=user, devices=devices, statuses=ASSIGNMENT_STATUSES,
+        **listing(total, page, filters),
+    )  # fmt: skip
 
 
 @router.get("/devices/new", response_class=HTMLResponse)

@@ -6,7 +6,6 @@ Views call the same services as the API; templates only see what a view hands th
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -18,7 +17,7 @@ from bota_ota.devices import service as device_service
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
 from bota_ota.portal.auth import CsrfChecked, PortalUser, csrf_token, find_user
-from bota_ota.portal.common import PAGE_SIZE, pages, render
+from bota_ota.portal.common import PAGE_SIZE, listing, render
 from bota_ota.security import verify_password
 
 router = APIRouter(include_in_schema=False)
@@ -100,19 +99,14 @@ def assignments_page(
     rows, total = ota_service.list_assignments(
         session, status=status_filter, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
-    filters = {"status": status_filter or ""}
     return render(
         request,
         "assignments.html",
         user=user,
         assignments=rows,
-        total=total,
-        page=page,
-        pages=pages(total),
-        filters=filters,
         statuses=ASSIGNMENT_STATUSES,
         by_status=ota_service.count_by_status(session),
-        query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
+        **listing(total, page, {"status": status_filter or ""}),
     )
 
 
@@ -135,14 +129,4 @@ def audit_page(
         offset=(page - 1) * PAGE_SIZE,
     )
     filters = {"actor": actor, "action": action, "target": target}
-    return render(
-        request,
-        "audit.html",
-        user=user,
-        entries=rows,
-        total=total,
-        page=page,
-        pages=pages(total),
-        filters=filters,
-        query=lambda **kw: urlencode({k: v for k, v in {**filters, **kw}.items() if v}),
-    )
+    return render(request, "audit.html", user=user, entries=rows, **listing(total, page, filters))
