@@ -216,6 +216,12 @@ def test_ble_ota_refuses_mismatches(admin: ApiClient, app_user: App) -> None:
         422,
         field="assignment_id",
     )
+    for unknown in ("no-such-assignment", other_devices_assignment(admin, app_user, pin)):
+        assert_problem(
+            app_user.post(base, json={"release_id": pin["id"], "assignment_id": unknown, "state": "started"}),
+            404,
+            field="assignment_id",
+        )
     assert_problem(app_user.post(base, json={"release_id": pin["id"], "state": "paused"}), 422, field="state")
     # An attempt without an assignment (a newer release) is recorded in the device's history.
     r = app_user.post(base, json={"release_id": other["id"], "state": "started"})
@@ -223,3 +229,49 @@ def test_ble_ota_refuses_mismatches(admin: ApiClient, app_user: App) -> None:
     events = admin.get(f"/api/v1/devices/{device['id']}/events").json()
     assert events[0]["kind"] == "ble_ota.started"
     assert events[0]["detail"]["version"] == "v1.0.4"
+    # A failure without an error is recorded as "unknown".
+    app_user.post(base, json={"release_id": other["id"], "state": "failed"})
+    events = admin.get(f"/api/v1/devices/{device['id']}/events").json()
+    assert (events[0]["kind"], events[0]["detail"]["error"]) == ("ble_ota.failed", "unknown")
+
+
+def other_devices_assignment(admin: ApiClient, app: App, release: dict[str, Any]) -> str:
+    """An assignment of another device of the same user: as unknown to this device's calls as a made-up id."""
+    sibling = owned_device(admin, app)
+    return str(admin.assign(sibling["id"], release["id"]).json()["id"])
+
+
+def test_an_assignment_delivered_over_http_is_applied_by_a_relayed_version(admin: ApiClient, app_user: App) -> None:
+    device = owned_device(admin, app_user)
+    release = admin.release("v1.0.1", bin=firmware_bytes(1000), ufw=firmware_bytes(2000))
+    assignment = admin.assign(device["id"], release["id"]).json()
+    assert heartbeat(admin.client, device["token"], firmware_version="v1.0.0").json()["ota"] is not None
+    # The device installed it, then the phone connected before its next own heartbeat.
+    app_user.post(f"/devices/{device['id']}/relay", json={"firmware_version": "v1.0.1"})
+    detail = admin.get(f"/api/v1/assignments/{assignment['id']}").json()
+    assert (detail["status"], detail["channel"]) == ("applied", "http")  # the channel it was delivered on
+    assert detail["events"][-1]["detail"] == {"reported_version": "v1.0.1", "channel": "ble"}  # how it was told
+
+
+def test_relay_records_recording_and_omitted_counts_as_false(admin: ApiClient, app_user: App) -> None:
+    device = owned_device(admin, app_user)
+    relay = f"/devices/{device['id']}/relay"
+    app_user.post(relay, json={"firmware_version": "v1.0.0", "recording": True, "battery": 40})
+    assert app_user.get(f"/devices/{device['id']}").json()["recording"] is True
+    app_user.post(relay, json={"firmware_version": "v1.0.0"})  # as in the device protocol
+    dev = app_user.get(f"/devices/{device['id']}").json()
+    assert (dev["recording"], dev["battery"], dev["ble_connected"]) == (False, 40, True)
+
+
+def test_an_operators_assignment_of_a_draft_is_offered_drafts_alone_are_not(admin: ApiClient, app_user: App) -> None:
+    device = owned_device(admin, app_user)
+    draft = admin.upload("v1.1.0-rc.1", bin=firmware_bytes(1000), ufw=firmware_bytes(2000), extra={"draft": "true"})
+    draft_id = draft.json()["id"]
+    assert app_user.get(f"/devices/{device['id']}/firmware-update").json()["update_available"] is False
+    assignment = admin.assign(device["id"], draft_id).json()
+    offer = app_user.get(f"/devices/{device['id']}/firmware-update").json()
+    assert (offer["reason"], offer["assignment_id"], offer["release"]["id"]) == (
+        "assignment",
+        assignment["id"],
+        draft_id,
+    )

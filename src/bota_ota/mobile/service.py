@@ -199,7 +199,9 @@ def relay(session: Session, device: Device, hb: Heartbeat, *, actor: str) -> Non
     device.ble_last_relay_at = utcnow()
     active = ota.active_assignment(session, device.id, lock=True)
     if active is not None and active.status == "delivered" and ota.applied_by_version(active, hb.firmware_version):
-        ota.mark_applied(active, reported_version=hb.firmware_version, channel=active.channel or "ble", actor=actor)
+        # The event's channel says how the version was reported (as the heartbeat's says "http"); the
+        # assignment keeps the channel it was delivered on.
+        ota.mark_applied(active, reported_version=hb.firmware_version, channel="ble", actor=actor)
 
 
 def set_ble_mode(session: Session, device: Device, connected: bool, *, actor: str) -> None:
@@ -227,8 +229,11 @@ def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str
         error = "unknown"
     assignment = None
     if body.assignment_id:
-        assignment = ota.get_assignment(session, body.assignment_id, lock=True)
-        if assignment.device_id != device.id:
+        try:
+            assignment = ota.get_assignment(session, body.assignment_id, lock=True)
+        except NotFound:
+            assignment = None
+        if assignment is None or assignment.device_id != device.id:  # unknown and someone else's look the same
             raise NotFound(f"assignment {body.assignment_id} not found", field="assignment_id")
         if assignment.release_id != release.id:
             raise ValidationFailed("the assignment is for another release", field="assignment_id")
