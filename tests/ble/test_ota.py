@@ -139,6 +139,7 @@ def test_recording_refuses_start_and_nothing_is_written() -> None:
             assert status == Status(State.IDLE, 0, 0, Result.RECORDING)
             assert r.state.firmware_version == OLD
             assert r.transport.connected  # a refusal does not drop the link
+            assert (await r.transport.read_info()).recording is True  # Device State, for the app to relay
 
     run(body)
 
@@ -169,6 +170,26 @@ def test_start_checks(state: DeviceState, model: str, version: str, size: int, e
                 assert (c.starts_accepted, c.flash_erases, c.flash_bytes_written) == (0, 0, 0)
                 assert state.firmware_version == OLD
                 assert r.peripheral.counters.reboots == 0
+
+    run(body)
+
+
+def test_start_checks_run_in_the_documented_order() -> None:
+    # Each case fails every later check too: the first one that applies is the answer (docs/ble-ota.md).
+    cases = [
+        (DeviceState(MODEL, OLD, busy=True, recording=True), MODEL, NEW, 0, Result.INVALID_STATE),
+        (DeviceState(MODEL, OLD, recording=True, battery=5), MODEL, NEW, 0, Result.INVALID_PARAMETER),
+        (DeviceState(MODEL, OLD, recording=True, battery=5, max_image_size=10), "bota-note", OLD, 99, Result.RECORDING),
+        (DeviceState(MODEL, OLD, battery=5, max_image_size=10), "bota-note", OLD, 99, Result.LOW_BATTERY),
+        (DeviceState(MODEL, OLD, max_image_size=10), "bota-note", OLD, 99, Result.WRONG_MODEL),
+        (DeviceState(MODEL, OLD, max_image_size=10), MODEL, OLD, 99, Result.SAME_VERSION),
+    ]
+
+    async def body() -> None:
+        for state, model, version, size, expected in cases:
+            async with rig(state=state) as r:
+                await r.transport.connect()
+                assert await r.transport.start(size, 0, model, version) == (expected, 0)
 
     run(body)
 

@@ -9,6 +9,7 @@ import pytest
 from bota_ota.sim.ble.profile import (
     CONTROL_POINT_UUID,
     DATA_UUID,
+    DEVICE_STATE_UUID,
     OTA_SERVICE_UUID,
     STATUS_UUID,
     Command,
@@ -21,11 +22,13 @@ from bota_ota.sim.ble.profile import (
     Status,
     decode_chunk,
     decode_command,
+    decode_device_state,
     decode_response,
     decode_start_params,
     decode_status,
     encode_abort,
     encode_chunk,
+    encode_device_state,
     encode_finish,
     encode_response,
     encode_start,
@@ -44,6 +47,7 @@ def test_uuids_and_codes_match_the_doc() -> None:
     assert CONTROL_POINT_UUID == "7e1a0001-b07a-4f7a-9c3e-0ba7a0ba0000"
     assert DATA_UUID == "7e1a0002-b07a-4f7a-9c3e-0ba7a0ba0000"
     assert STATUS_UUID == "7e1a0003-b07a-4f7a-9c3e-0ba7a0ba0000"
+    assert DEVICE_STATE_UUID == "7e1a0004-b07a-4f7a-9c3e-0ba7a0ba0000"
     assert uuid16_to_uuid128(0x2A26) == "00002a26-0000-1000-8000-00805f9b34fb"
     assert [(o.name, o.value) for o in Opcode] == [("START", 1), ("ABORT", 2), ("FINISH", 3)]
     assert [(r.name, r.value) for r in Result] == [
@@ -135,3 +139,13 @@ def test_chunks_and_status() -> None:
 def test_crc32_is_zlib() -> None:
     data = b"bota firmware" * 1000
     assert image_crc32(data) == zlib.crc32(data) & 0xFFFFFFFF
+
+
+def test_device_state_is_one_flags_byte() -> None:
+    assert encode_device_state(recording=True) == b"\x01"
+    assert encode_device_state(recording=False) == b"\x00"
+    assert decode_device_state(b"\x01") is True
+    assert decode_device_state(b"\xfe") is False  # reserved bits are ignored
+    for bad in (b"", b"\x01\x00"):
+        with pytest.raises(ProfileError):
+            decode_device_state(bad)

@@ -172,13 +172,41 @@ def test_recording_is_refused_and_nothing_is_written(sim_server: SimServer) -> N
 
     async def scenario() -> None:
         async with world(sim_server, prefix="R") as w:
+            await w.transport.connect()  # the device pauses its heartbeat: from now on only the app speaks
+            await wait_for(lambda: w.device.heartbeat_paused)
+            await w.app.relay(w.device_id, {"firmware_version": "v1.0.0", "recording": False})
             w.device.start_recording(3600)
-            outcome = await w.app.update_device(w.device_id, w.transport)
+            seen_by_server: list[bool] = []
+
+            def confirm(offer: dict[str, Any]) -> bool:
+                # The app has relayed what it read over BLE (Device State): the server knows of the recording.
+                seen_by_server.append(w.server.api.get(f"/api/v1/devices/{w.device_id}").json()["recording"])
+                return True
+
+            outcome = await w.app.update_device(w.device_id, w.transport, confirm=confirm)
+            assert seen_by_server == [True]
             assert (outcome.outcome, outcome.result) == ("failed", "RECORDING")
             assert w.ble.peripheral.counters.flash_bytes_written == 0
             assert w.device.firmware_version == "v1.0.0"
             failed = [e for e in w.events() if e["kind"] == "ble_ota.failed"]
             assert failed[0]["detail"]["error"] == "RECORDING"
+            # The app went away: the device speaks for itself again.
+            await wait_for(lambda: not w.device.heartbeat_paused)
+
+    asyncio.run(scenario())
+
+
+def test_the_app_names_the_servers_model_so_another_models_device_refuses(sim_server: SimServer) -> None:
+    upload(sim_server, "v1.7.0", os.urandom(60_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="M") as w:
+            # The phone is connected to a Bota Note, not to the Bota Pin the user picked in the app.
+            w.ble.peripheral.state.model = "bota-note"
+            outcome = await w.app.update_device(w.device_id, w.transport)
+            assert (outcome.outcome, outcome.result) == ("failed", "WRONG_MODEL")
+            assert w.ble.peripheral.counters.flash_bytes_written == 0
+            assert w.device.firmware_version == "v1.0.0"
 
     asyncio.run(scenario())
 

@@ -120,7 +120,10 @@ class ReferenceApp:
 
         async def read_and_relay() -> dict[str, Any]:
             info = await transport.read_info()
-            reply = await self.relay(device_id, {"firmware_version": info.firmware_version, "battery": info.battery})
+            status: dict[str, Any] = {"firmware_version": info.firmware_version, "battery": info.battery}
+            if info.recording is not None:
+                status["recording"] = info.recording
+            reply = await self.relay(device_id, status)
             outcome.relays += 1
             outcome.relay_replies.append(reply)
             return {"info": info, "reply": reply}
@@ -154,13 +157,16 @@ class ReferenceApp:
             image = await self.download(release)
             if corrupt:  # a bit flipped between the phone and the device
                 image = image[:-1] + bytes([image[-1] ^ 0x01])
+            # START names the model the server chose the release for, not the one the peer reports: if the
+            # phone is connected to another device than ``device_id``, the device refuses with WRONG_MODEL.
+            model = (await self.device(device_id))["model"]
             await self.report(device_id, offer, "started")
             started = time.monotonic()
             try:
                 report = await push_image(
                     transport,
                     image,
-                    model=first["info"].model,
+                    model=model,
                     version=release["version"],
                     crc32=release["crc32"],
                     rate_kbps=rate_kbps,

@@ -25,6 +25,7 @@ from bota_ota.sim.ble.link import DEFAULT_MTU, CentralConnection, connect_centra
 from bota_ota.sim.ble.profile import (
     CONTROL_POINT_UUID,
     DATA_UUID,
+    DEVICE_STATE_UUID,
     OTA_SERVICE_UUID,
     STATUS_UUID,
     Opcode,
@@ -34,6 +35,7 @@ from bota_ota.sim.ble.profile import (
     StartParams,
     State,
     Status,
+    decode_device_state,
     decode_response,
     decode_status,
     encode_abort,
@@ -55,6 +57,7 @@ class DeviceInfo(NamedTuple):
     model: str
     firmware_version: str
     battery: int | None  # None when the device has no Battery service
+    recording: bool | None = None  # None when the device has no Device State characteristic
 
 
 class OtaError(Exception):
@@ -261,10 +264,19 @@ class BumbleOtaTransport:
         if battery is not None:
             battery_value = await self._guard(peer.read_value(battery), self.response_timeout)
             battery_level = battery_value[0] if battery_value else None
+        recording: bool | None = None
+        device_state = self._find_optional(DEVICE_STATE_UUID, OTA_SERVICE_UUID)
+        if device_state is not None:
+            state_value = await self._guard(peer.read_value(device_state), self.response_timeout)
+            try:
+                recording = decode_device_state(bytes(state_value))
+            except ProfileError:
+                logger.warning("malformed Device State %s", bytes(state_value).hex())
         return DeviceInfo(
             model=bytes(model_value).decode("utf-8"),
             firmware_version=bytes(firmware_value).decode("utf-8"),
             battery=battery_level,
+            recording=recording,
         )
 
     async def read_status(self) -> Status:

@@ -1,9 +1,10 @@
 """The device side of the Bota OTA profile: a GATT peripheral on a Bumble Device.
 
 ``OtaPeripheral`` serves Device Information (Model Number, Firmware Revision), Battery and the Bota OTA
-service, and runs the transfer exactly as docs/ble-ota.md says. A simulated device plugs in through
-``DeviceState`` (what the device is) and three hooks: ``on_connected()``, ``on_disconnected()`` and
-``on_applied(version)`` (after the reboot). Hooks may be plain functions or coroutine functions.
+service (with Device State, so the app can relay whether the device is recording), and runs the transfer
+exactly as docs/ble-ota.md says. A simulated device plugs in through ``DeviceState`` (what the device is)
+and three hooks: ``on_connected()``, ``on_disconnected()`` and ``on_applied(version)`` (after the reboot).
+Hooks may be plain functions or coroutine functions.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bumble.hci import Role
 from bota_ota.sim.ble.profile import (
     CONTROL_POINT_UUID,
     DATA_UUID,
+    DEVICE_STATE_UUID,
     LOW_BATTERY_THRESHOLD,
     MAX_PROFILE_MTU,
     OTA_SERVICE_UUID,
@@ -36,6 +38,7 @@ from bota_ota.sim.ble.profile import (
     Status,
     decode_chunk,
     decode_command,
+    encode_device_state,
     encode_response,
     encode_status,
     image_crc32,
@@ -190,6 +193,12 @@ class OtaPeripheral:
             readable,
             gatt.CharacteristicValue(read=lambda _c: encode_status(self.status)),
         )
+        self.device_state_characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
+            DEVICE_STATE_UUID,
+            props.READ,
+            readable,
+            gatt.CharacteristicValue(read=lambda _c: encode_device_state(recording=self.state.is_recording())),
+        )
         self.device.add_services(
             [
                 gatt.Service(
@@ -198,7 +207,12 @@ class OtaPeripheral:
                 gatt.Service(gatt.GATT_BATTERY_SERVICE, [self.battery_characteristic]),
                 gatt.Service(
                     OTA_SERVICE_UUID,
-                    [self.control_point_characteristic, self.data_characteristic, self.status_characteristic],
+                    [
+                        self.control_point_characteristic,
+                        self.data_characteristic,
+                        self.status_characteristic,
+                        self.device_state_characteristic,
+                    ],
                 ),
             ]
         )

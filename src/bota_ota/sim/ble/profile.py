@@ -24,6 +24,7 @@ OTA_SERVICE_UUID: Final = "7e1a0000-b07a-4f7a-9c3e-0ba7a0ba0000"
 CONTROL_POINT_UUID: Final = "7e1a0001-b07a-4f7a-9c3e-0ba7a0ba0000"
 DATA_UUID: Final = "7e1a0002-b07a-4f7a-9c3e-0ba7a0ba0000"
 STATUS_UUID: Final = "7e1a0003-b07a-4f7a-9c3e-0ba7a0ba0000"
+DEVICE_STATE_UUID: Final = "7e1a0004-b07a-4f7a-9c3e-0ba7a0ba0000"
 
 
 def uuid16_to_uuid128(uuid16: int) -> str:
@@ -42,6 +43,8 @@ DATA_OFFSET_SIZE: Final = 4
 DEFAULT_ATT_MTU: Final = 23
 RESPONSE_CODE: Final = 0x80
 STATUS_SIZE: Final = 7
+DEVICE_STATE_RECORDING: Final = 0x01
+"""Device State flag: a recording is in progress (the app relays it; START is refused with RECORDING)."""
 MAX_ATTRIBUTE_VALUE_SIZE: Final = 512
 """ATT caps an attribute value at 512 bytes (Core Vol 3, Part F, 3.2.9); stacks drop longer writes."""
 MAX_PROFILE_MTU: Final = MAX_ATTRIBUTE_VALUE_SIZE + ATT_HEADER_SIZE
@@ -263,3 +266,18 @@ def decode_status(data: bytes) -> Status:
         return Status(State(state), progress, received, Result(last_result))
     except ValueError as exc:
         raise ProfileError(f"bad Status {data.hex()}") from exc
+
+
+# --- device state ----------------------------------------------------------------------------------
+
+
+def encode_device_state(*, recording: bool) -> bytes:
+    """Device State: one flags byte; bit 0 set while recording, the other bits reserved (0)."""
+    return bytes([DEVICE_STATE_RECORDING if recording else 0])
+
+
+def decode_device_state(data: bytes) -> bool:
+    """Whether the device is recording. Reserved bits are ignored (a later version may set them)."""
+    if len(data) != 1:
+        raise ProfileError(f"Device State must be 1 byte, got {len(data)}")
+    return bool(data[0] & DEVICE_STATE_RECORDING)
