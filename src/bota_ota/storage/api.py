@@ -24,6 +24,15 @@ class FirmwareFileResponse(FileResponse):
 
 router = APIRouter(tags=["downloads"])
 
+_MAX_SIG = 128  # a hex SHA-256 is 64
+
+
+def _parse_expiry(text: str | None) -> int | None:
+    """The ``expires`` query value as the signer wrote it (decimal Unix seconds), else None."""
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 20:
+        return None
+    return int(text)
+
 
 @router.api_route(
     DOWNLOAD_PREFIX + "{key:path}",
@@ -35,12 +44,15 @@ def download(
     request: Request,
     key: str,
     store: StoreDep,
-    expires: Annotated[int, Query()],
-    sig: Annotated[str, Query(max_length=128)],
+    expires: Annotated[str | None, Query()] = None,
+    sig: Annotated[str | None, Query()] = None,
 ) -> FileResponse:
     if not isinstance(store, LocalBlobStore):
         raise NotFound("downloads are served by the S3 store, not by this server")
-    if not verify(store.secret, key, expires, sig):
+    # A URL whose expiry or signature was removed or mangled is a tampered URL: 403 like any other
+    # (docs/device-protocol.md), not a 422 the device would not know what to do with.
+    expires_at = _parse_expiry(expires)
+    if expires_at is None or sig is None or len(sig) > _MAX_SIG or not verify(store.secret, key, expires_at, sig):
         raise Forbidden("the download URL is invalid or has expired; the next heartbeat brings a fresh one")
     try:
         path = store.path_for(key)
