@@ -98,5 +98,5 @@ class HeartbeatReply(BaseModel):
     heartbeat_interval_s: int
     ota: OtaManifest | None
     ota_deferred: Literal["recording"] | None = Field(
-        None, description="Why a pending update was not sent in this reply"
+        None, description="Why the active (pending or delivered) assignment's manifest was not sent in this reply"
     )
