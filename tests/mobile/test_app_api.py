@@ -56,6 +56,20 @@ def test_login_refuses_wrong_password_and_unknown_user(admin: ApiClient, app_use
     assert_problem(admin.client.get("/api/app/v1/devices", headers={"Authorization": "Bearer bota_ap_x"}), 401)
 
 
+def test_an_expired_app_token_is_refused(admin: ApiClient, app_user: App, sessions: Any) -> None:
+    from datetime import timedelta
+
+    from bota_ota.db import utcnow
+    from bota_ota.mobile.models import AppToken
+
+    assert app_user.get("/devices").status_code == 200
+    with sessions() as session:
+        for token in session.query(AppToken).all():
+            token.expires_at = utcnow() - timedelta(seconds=1)
+        session.commit()
+    assert_problem(app_user.get("/devices"), 401)
+
+
 def test_app_users_are_created_by_operators_only(admin: ApiClient, viewer: ApiClient) -> None:
     assert_problem(viewer.post("/api/v1/app-users", json={"email": "v@example.com", "password": "12345678"}), 403)
     make_app_user(admin, "x@example.com")
@@ -112,6 +126,9 @@ def test_newer_released_ufw_is_offered_drafts_and_bin_only_are_not(admin: ApiCli
     assert admin.client.get(offer["release"]["url"]).content  # the signed .ufw URL works
     admin.patch(f"/api/v1/firmware/{draft['id']}", json={"released": True})
     assert app_user.get(f"/devices/{device['id']}/firmware-update").json()["release"]["version"] == "v1.1.0"
+    admin.patch(f"/api/v1/firmware/{draft['id']}", json={"released": False})  # back to draft: withdrawn
+    assert app_user.get(f"/devices/{device['id']}/firmware-update").json()["release"]["version"] == "v1.0.1"
+    admin.patch(f"/api/v1/firmware/{draft['id']}", json={"released": True})
     heartbeat(admin.client, device["token"], firmware_version="v1.1.0")
     assert app_user.get(f"/devices/{device['id']}/firmware-update").json()["update_available"] is False
 
