@@ -92,6 +92,9 @@ def test_the_app_only_sees_its_own_devices(admin: ApiClient, app_user: App) -> N
         assert_problem(app_user.get(f"/devices/{device_id}/firmware-update"), 404)
         assert_problem(app_user.post(f"/devices/{device_id}/relay", json={"firmware_version": "v1.0.0"}), 404)
         assert_problem(app_user.post(f"/devices/{device_id}/ble", json={"connected": False}), 404)
+        assert_problem(
+            app_user.post(f"/devices/{device_id}/ble-ota", json={"release_id": "x", "state": "started"}), 404
+        )
 
 
 def test_claim_with_the_code_from_registration(admin: ApiClient, app_user: App) -> None:
