@@ -25,12 +25,15 @@ from bota_ota.config import Settings
 from bota_ota.db import make_engine, make_sessionmaker
 from bota_ota.deps import AppContext, CloseSessionsMiddleware, CtxDep, DatabaseAdmissionMiddleware
 from bota_ota.devices.api import router as devices_router
+from bota_ota.devices.changes import on_commit_info
 from bota_ota.errors import install_problem_handlers
 from bota_ota.firmware.api import router as firmware_router
 from bota_ota.mobile.api import mgmt_router as app_users_router
 from bota_ota.mobile.api import router as mobile_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.device_api import router as device_router
+from bota_ota.ota.device_cache import DeviceCache
+from bota_ota.ota.fast_path import HeartbeatFastPath
 from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
@@ -53,8 +56,16 @@ Firmware over-the-air updates for Bota Pin, Bota Pin Pro and Bota Note.
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url, max_connections=settings.db_max_connections)
+    cache = DeviceCache(
+        max_entries=settings.device_cache_size, stale_after_s=max(2.0, 4 * settings.change_poll_interval_s)
+    )
     ctx = AppContext(
-        settings=settings, engine=engine, sessions=make_sessionmaker(engine), store=make_blob_store(settings)
+        settings=settings,
+        engine=engine,
+        # This instance's own commits drop the devices they changed from its cache at once.
+        sessions=make_sessionmaker(engine, info=on_commit_info(cache.drop)),
+        store=make_blob_store(settings),
+        device_cache=cache,
     )
 
     @asynccontextmanager
@@ -85,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.secure_cookies,
     )
+    # Outermost: the heartbeat is answered before sessions, admission and routing (ota/fast_path.py).
+    app.add_middleware(HeartbeatFastPath)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "portal" / "static"), name="static")
     for router in (
         firmware_router,

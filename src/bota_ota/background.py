@@ -1,4 +1,5 @@
-"""What each instance does beside answering requests: the write-behind flush and the periodic sweeps.
+"""What each instance does beside answering requests: the write-behind flush, reading the device change
+feed into the heartbeat cache, and the periodic sweeps.
 
 Started and stopped by the app's lifespan, so every ``bota-ota serve`` process (and every ``--workers``
 worker) runs its own. Nothing here needs another instance: the flush only moves rows forward in time
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from bota_ota.db import session_scope, utcnow
 from bota_ota.deps import AppContext
+from bota_ota.devices.changes import RETENTION, FeedPosition, prune_changes, read_changes
 from bota_ota.devices.telemetry import write_telemetry
 from bota_ota.mobile.sweeps import end_silent_ble_modes
 from bota_ota.ota.sweeps import fail_stalled_deliveries
@@ -30,6 +32,9 @@ from bota_ota.ota.sweeps import fail_stalled_deliveries
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# An instance that could not read the change feed for this long may have missed rows the sweeps deleted.
+FEED_MAX_GAP_S = RETENTION.total_seconds() / 2
 
 
 class BackgroundWork:
@@ -51,6 +56,8 @@ class BackgroundWork:
             asyncio.create_task(self._flush_loop(), name="bota-ota telemetry flush"),
             asyncio.create_task(self._sweep_loop(), name="bota-ota sweeps"),
         ]
+        if self.ctx.device_cache.enabled:
+            self._tasks.append(asyncio.create_task(self._feed_loop(), name="bota-ota change feed"))
 
     async def stop(self) -> None:
         """Stop the loops, then write what is still buffered (graceful shutdown: SIGTERM, Ctrl-C)."""
@@ -60,6 +67,7 @@ class BackgroundWork:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self.ctx.device_cache.stop()
         pending = len(self.ctx.telemetry)
         try:
             await self.flush()
@@ -100,6 +108,29 @@ class BackgroundWork:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
+    # ---- the change feed ---------------------------------------------------------------------------
+    async def _feed_loop(self) -> None:
+        """Drop the devices other processes changed from this instance's heartbeat cache, every poll."""
+        interval = self.ctx.settings.change_poll_interval_s
+        cache = self.ctx.device_cache
+        position = FeedPosition()
+        failing = False
+        while not self._stopping.is_set():
+            try:
+                changed = await self._run_read(read_changes, self.ctx.engine, position)
+            except Exception:
+                if not failing:  # once per outage, not twice a second
+                    log.exception("reading the device change feed failed; heartbeats skip the cache until it works")
+                failing = True
+            else:
+                if failing:
+                    log.info("reading the device change feed works again")
+                failing = False
+                cache.drop(changed)
+                cache.fed(max_gap_s=FEED_MAX_GAP_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+
     # ---- sweeps ------------------------------------------------------------------------------------
     async def sweep(self) -> dict[str, int]:
         """Run each timeout sweep once, each in its own transaction; returns how many rows each changed."""
@@ -112,6 +143,7 @@ class BackgroundWork:
             "deliveries_timed_out": await self._in_session(
                 lambda s: fail_stalled_deliveries(s, timeout_s=settings.delivery_timeout_s, now=now)
             ),
+            "changes_pruned": await self._in_session(lambda s: prune_changes(s, now=now)),
         }
 
     async def _sweep_loop(self) -> None:
@@ -125,7 +157,7 @@ class BackgroundWork:
             except Exception:
                 log.exception("sweep failed; trying again at the next interval")
                 continue
-            if any(done.values()):
+            if done["ble_modes_ended"] or done["deliveries_timed_out"]:
                 log.info("sweep: %s", " ".join(f"{k}={v}" for k, v in done.items()))
 
     # ---- helpers -----------------------------------------------------------------------------------
@@ -138,4 +170,8 @@ class BackgroundWork:
 
     async def _run_db(self, fn: Callable[..., T], *args: object) -> T:
         async with self.ctx.db_write_gate(), self.ctx.db_slots:
+            return await to_thread.run_sync(fn, *args)
+
+    async def _run_read(self, fn: Callable[..., T], *args: object) -> T:
+        async with self.ctx.db_slots:
             return await to_thread.run_sync(fn, *args)

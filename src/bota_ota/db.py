@@ -107,8 +107,9 @@ def make_engine(url: str, *, max_connections: int = 30, **kwargs: Any) -> Engine
     return create_engine(url, **kwargs)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+def make_sessionmaker(engine: Engine, *, info: dict[str, Any] | None = None) -> sessionmaker[Session]:
+    """``info`` goes to every session (``devices/changes.py`` keeps its after-commit callback there)."""
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False, info=info)
 
 
 def insert_or_raise(session: Session, obj: Base, conflict: Callable[[], Exception]) -> None:

@@ -19,6 +19,7 @@ from bota_ota.accounts.service import Principal, authenticate_api_token
 from bota_ota.config import Settings
 from bota_ota.devices.telemetry import TelemetryBuffer
 from bota_ota.errors import Forbidden, Unauthorized
+from bota_ota.ota.device_cache import DeviceCache
 from bota_ota.storage import BlobStore
 
 
@@ -32,6 +33,8 @@ class AppContext:
     store: BlobStore
     # Routine heartbeats' last-seen and readings, written behind in batches (bota_ota.background).
     telemetry: TelemetryBuffer = field(default_factory=TelemetryBuffer)
+    # What routine heartbeats need to know of each device, kept fresh by the change feed (ota/device_cache.py).
+    device_cache: DeviceCache = field(default_factory=DeviceCache)
     write_gate: asyncio.Lock = field(default_factory=asyncio.Lock)
     db_slots: asyncio.Semaphore = field(init=False)
 
@@ -88,8 +91,9 @@ class DatabaseAdmissionMiddleware:
 
     NO_DATABASE_PREFIXES = ("/dl/", "/docs", "/redoc", "/openapi.json", "/static/")
     WRITE_LOCK_EXEMPT = frozenset({"/api/v1/firmware", "/firmware/upload"})
-    # The heartbeat admits itself (ota/device_api.py): a slot for its read, and only when it has something
-    # to write, the write gate and a slot for the write. A routine heartbeat never queues behind writers.
+    # The heartbeat admits itself (ota/fast_path.py): a slot for its read (none when cached), and only when
+    # it has something to write, the write gate and a slot for the write. A routine heartbeat never queues
+    # behind writers. (HeartbeatFastPath answers it before this middleware; this covers the plain route.)
     SELF_ADMITTED = frozenset({"/api/device/v1/heartbeat"})
 
     def __init__(self, app: ASGIApp) -> None:

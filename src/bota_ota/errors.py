@@ -13,6 +13,7 @@ multipart uploads, ``query.x`` / ``path.x`` for parameters).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
@@ -119,16 +120,27 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def validation_problem(request: Request, raw_errors: Sequence[Any], *, empty_body: bool = False) -> JSONResponse:
+    """422 naming each offending field, from pydantic's errors (FastAPI's, or a model validated directly)."""
     errors = []
-    for err in exc.errors():
-        msg = str(err.get("msg", "invalid"))
-        # pydantic prefixes messages of custom validators with "Value error, "; people don't need it.
-        msg = msg.removeprefix("Value error, ")
-        errors.append({"field": _field_name(err.get("loc", ())), "message": msg})
+    if empty_body:
+        errors.append({"field": "body", "message": "a JSON body is required"})
+    else:
+        for err in raw_errors:
+            msg = str(err.get("msg", "invalid"))
+            # pydantic prefixes messages of custom validators with "Value error, "; people don't need it.
+            msg = msg.removeprefix("Value error, ")
+            loc = err.get("loc", ())
+            if err.get("type") == "json_invalid":
+                loc = ()  # FastAPI puts the character offset in loc; the field is the body itself
+            errors.append({"field": _field_name(loc), "message": msg})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
     return problem_response(request, 422, slug="validation", title="Validation failed", detail=detail, errors=errors)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_problem(request, exc.errors())
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -217,12 +229,27 @@ class RejectNulMiddleware:
         await self.app(scope, receive, send)
 
 
+_HANDLERS: tuple[tuple[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]], ...] = (
+    (DBAPIDataError, _data_error),
+    (DBAPIOperationalError, _operational_error),
+    (PoolTimeoutError, _operational_error),
+    (DomainError, _domain_error),
+    (RequestValidationError, _validation_error),
+    (StarletteHTTPException, _http_error),
+    (Exception, _unexpected_error),
+)
+
+
+async def problem_for_exception(request: Request, exc: Exception) -> JSONResponse:
+    """The problem document the app's handlers give for ``exc``: for code that runs outside the framework
+    (``ota/fast_path.py``)."""
+    for kind, handler in _HANDLERS:
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+    raise exc  # unreachable: Exception catches all
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_middleware(RejectNulMiddleware)
-    app.add_exception_handler(DBAPIDataError, _data_error)
-    app.add_exception_handler(DBAPIOperationalError, _operational_error)
-    app.add_exception_handler(PoolTimeoutError, _operational_error)
-    app.add_exception_handler(DomainError, _domain_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)

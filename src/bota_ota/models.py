@@ -3,6 +3,7 @@
 from bota_ota.accounts.models import ApiToken, User
 from bota_ota.audit.models import AuditEntry
 from bota_ota.db import Base
+from bota_ota.devices.changes import DeviceChange
 from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.firmware.models import Artifact, Release
 from bota_ota.mobile.models import AppToken, AppUser
@@ -18,6 +19,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "Device",
+    "DeviceChange",
     "DeviceEvent",
     "Release",
     "User",

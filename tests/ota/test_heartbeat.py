@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bota_ota.ota import device_api
+from bota_ota.ota import fast_path
 from bota_ota.storage import local
 from tests.factories import ApiClient, assert_problem, crc32, firmware_bytes, heartbeat, sha256_hex
 
@@ -181,7 +181,7 @@ def _clock_moves_on(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Move the server's clocks (the URL signer's and the heartbeat's) forward by ``seconds``."""
     later = time.time() + seconds
     monkeypatch.setattr(local, "time", types.SimpleNamespace(time=lambda: later))
-    monkeypatch.setattr(device_api, "utcnow", lambda: datetime.fromtimestamp(later, UTC))
+    monkeypatch.setattr(fast_path, "utcnow", lambda: datetime.fromtimestamp(later, UTC))
 
 
 def test_delivered_without_progress_is_redelivered_with_a_fresh_url(

@@ -2,24 +2,29 @@
 
 This is the hot path (every device, every interval), so it runs in up to two steps:
 
-1. A read (``routine_heartbeat``): the device (by token hash) and its active assignment in one indexed
-   query, then a plan of what the heartbeat means. Most heartbeats change nothing material; their
-   last-seen time and readings go to the instance's write-behind buffer (``devices/telemetry.py``) and
-   the reply is built from what was read, a fresh manifest for an already delivered assignment included.
-   No write, no row lock.
+1. A read (``read_snapshot``, or this instance's cache of it, ``ota/device_cache.py``): the device (by token
+   hash), its active assignment and that release's .bin in one indexed query, then a plan of what the
+   heartbeat means (``plan_heartbeat``). Most heartbeats change nothing material; their last-seen time and
+   readings go to the instance's write-behind buffer (``devices/telemetry.py``) and the reply is built from
+   what was read, a fresh manifest for an already delivered assignment included (``routine_reply``). No
+   write, no row lock, and with a cached snapshot no database at all.
 2. Only when the plan writes something (the first heartbeat, another firmware version, ``recording``
    flipped, BLE mode ending, an assignment delivered, applied, failed or making progress) does a write
    transaction (``heartbeat_with_writes``) lock the device and its active assignment, plan again from the
    locked rows (another request may have moved them meanwhile) and store everything at once.
+
+``ota/fast_path.py`` runs these steps for ``POST /api/device/v1/heartbeat`` (``answer_heartbeat``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, lazyload
 
 from bota_ota.db import utcnow
@@ -27,8 +32,10 @@ from bota_ota.devices.models import Device
 from bota_ota.devices.service import record_device_event
 from bota_ota.devices.telemetry import PendingTelemetry, TelemetryBuffer
 from bota_ota.errors import NotFound, Unauthorized
-from bota_ota.firmware.models import Release
+from bota_ota.firmware.models import Artifact, Release
+from bota_ota.firmware.versions import versions_equal
 from bota_ota.ota import service
+from bota_ota.ota.device_cache import AssignmentView, BinRef, DeviceSnapshot
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
 from bota_ota.ota.schemas import Heartbeat, HeartbeatReply, OtaManifest, OtaReport
 from bota_ota.storage import BlobStore
@@ -41,32 +48,60 @@ _RECORDED_OUTCOMES = frozenset({"apply", "fail", "deliver", "redeliver"})
 _MANIFEST_OUTCOMES = frozenset({"deliver", "redeliver", "resend"})
 
 
+class DeviceState(Protocol):
+    """What a plan reads of a device: an ORM ``Device`` or a cached ``DeviceSnapshot``."""
+
+    @property
+    def last_seen_at(self) -> datetime | None: ...
+    @property
+    def firmware_version(self) -> str | None: ...
+    @property
+    def recording(self) -> bool: ...
+    @property
+    def ble_connected(self) -> bool: ...
+
+
+class AssignmentState(Protocol):
+    """What a plan reads of the active assignment: an ORM ``Assignment`` or an ``AssignmentView``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def ota_state(self) -> str | None: ...
+    @property
+    def progress(self) -> int | None: ...
+    @property
+    def delivery_expires_at(self) -> datetime | None: ...
+
+
 @dataclass(frozen=True)
 class ManifestSigner:
     store: BlobStore
-    base_url: str
+    base_url: Callable[[], str]  # called only when a manifest is signed (local storage needs it)
     ttl_s: int
 
-    def manifest(self, session: Session, assignment: Assignment) -> OtaManifest:
-        release = session.get(Release, assignment.release_id)
-        artifact = release.artifact("bin") if release else None
-        if artifact is None:  # the release lost its .bin: cannot happen through the API
-            raise NotFound(f"release {assignment.release_id} has no .bin file")
+    def manifest(self, assignment: AssignmentState, bin_ref: BinRef | None) -> OtaManifest:
+        if bin_ref is None:  # the release lost its .bin: cannot happen through the API
+            raise NotFound(f"the release of assignment {assignment.id} has no .bin file")
         signed = self.store.signed_get_url(
-            artifact.storage_key,
-            base_url=self.base_url,
+            bin_ref.storage_key,
+            base_url=self.base_url(),
             ttl_s=self.ttl_s,
             # The key's own name ({model}-{version}.bin) is plain ASCII: safe in Content-Disposition.
-            filename=artifact.storage_key.rsplit("/", 1)[-1],
+            filename=bin_ref.storage_key.rsplit("/", 1)[-1],
         )
         return OtaManifest(
             assignment_id=assignment.id,
             version=assignment.version,
             url=signed.url,
             expires_at=signed.expires_at,
-            size=artifact.size,
-            crc32=artifact.crc32,
-            sha256=artifact.sha256,
+            size=bin_ref.size,
+            crc32=bin_ref.crc32,
+            sha256=bin_ref.sha256,
         )
 
 
@@ -86,7 +121,7 @@ class Plan:
         return self.material or self.progress is not None or self.outcome in _RECORDED_OUTCOMES
 
 
-def material_change(device: Device, hb: Heartbeat) -> bool:
+def material_change(device: DeviceState, hb: Heartbeat) -> bool:
     """Telemetry that must not wait for the write-behind flush: it decides deliveries and what people see."""
     return (
         device.last_seen_at is None  # the first heartbeat: "never seen" → online at once
@@ -96,12 +131,12 @@ def material_change(device: Device, hb: Heartbeat) -> bool:
     )
 
 
-def plan_heartbeat(device: Device, assignment: Assignment | None, hb: Heartbeat, now: datetime) -> Plan:
+def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: Heartbeat, now: datetime) -> Plan:
     """The rules of docs/device-protocol.md ("What the server does with a heartbeat"), without side effects."""
     material = material_change(device, hb)
     if assignment is None:
         return Plan(material, None, "none")
-    if service.applied_by_version(assignment, hb.firmware_version):
+    if versions_equal(hb.firmware_version, assignment.version):
         return Plan(material, None, "apply")
     report = hb.ota if hb.ota is not None and hb.ota.assignment_id == assignment.id else None
     progress = None
@@ -124,7 +159,7 @@ def plan_heartbeat(device: Device, assignment: Assignment | None, hb: Heartbeat,
 
 
 def _reply(
-    session: Session, assignment: Assignment | None, plan: Plan, signer: ManifestSigner, interval_s: int
+    assignment: AssignmentState | None, bin_ref: BinRef | None, plan: Plan, signer: ManifestSigner, interval_s: int
 ) -> HeartbeatReply:
     reply = HeartbeatReply(heartbeat_interval_s=interval_s, ota=None)
     if plan.outcome == "defer":
@@ -132,7 +167,7 @@ def _reply(
         reply.ota_deferred = "recording"
     elif plan.outcome in _MANIFEST_OUTCOMES:
         assert assignment is not None
-        reply.ota = signer.manifest(session, assignment)
+        reply.ota = signer.manifest(assignment, bin_ref)
     return reply
 
 
@@ -178,23 +213,73 @@ class HeartbeatCall:
         return PendingTelemetry(seen_at=now, battery=self.hb.battery, network=self.hb.network, rssi=self.hb.rssi)
 
 
-def routine_heartbeat(session: Session, call: HeartbeatCall, now: datetime) -> HeartbeatReply | None:
+# The read step in one statement: SQLAlchemy Core (no ORM identity map or attribute instrumentation on the
+# hot path), compiled once and cached by the engine.
+_SNAPSHOT = (
+    select(
+        Device.id,
+        Device.last_seen_at,
+        Device.firmware_version,
+        Device.recording,
+        Device.ble_connected,
+        Assignment.id.label("a_id"),
+        Assignment.version,
+        Assignment.status,
+        Assignment.ota_state,
+        Assignment.progress,
+        Assignment.delivery_expires_at,
+        Assignment.release_id,
+        Artifact.storage_key,
+        Artifact.size,
+        Artifact.crc32,
+        Artifact.sha256,
+    )
+    .select_from(Device)
+    .outerjoin(Assignment, and_(Assignment.device_id == Device.id, Assignment.status.in_(ACTIVE_STATUSES)))
+    .outerjoin(Artifact, and_(Artifact.release_id == Assignment.release_id, Artifact.kind == "bin"))
+    .where(Device.token_hash == bindparam("token_hash"))
+)
+
+
+def read_snapshot(engine: Engine, token_hash: str) -> DeviceSnapshot | None:
+    """The device with this token, its active assignment and that release's .bin; None: unknown token."""
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+        row = conn.execute(_SNAPSHOT, {"token_hash": token_hash}).first()
+    if row is None:
+        return None
+    assignment = None
+    if row.a_id is not None:
+        assignment = AssignmentView(
+            id=row.a_id,
+            version=row.version,
+            status=row.status,
+            ota_state=row.ota_state,
+            progress=row.progress,
+            delivery_expires_at=row.delivery_expires_at,
+            release_id=row.release_id,
+        )
+    bin_ref = None
+    if row.storage_key is not None:
+        bin_ref = BinRef(storage_key=row.storage_key, size=row.size, crc32=row.crc32, sha256=row.sha256)
+    return DeviceSnapshot(
+        id=row.id,
+        last_seen_at=row.last_seen_at,
+        firmware_version=row.firmware_version,
+        recording=bool(row.recording),
+        ble_connected=bool(row.ble_connected),
+        assignment=assignment,
+        bin=bin_ref,
+    )
+
+
+def routine_reply(snapshot: DeviceSnapshot, call: HeartbeatCall, now: datetime) -> HeartbeatReply | None:
     """The reply to a heartbeat that writes nothing (its telemetry goes to the buffer), or None when the
     heartbeat has something to write: then call ``heartbeat_with_writes`` in a write transaction."""
-    row = session.execute(
-        select(Device, Assignment)
-        .outerjoin(Assignment, and_(Assignment.device_id == Device.id, Assignment.status.in_(ACTIVE_STATUSES)))
-        .where(Device.token_hash == call.token_hash)
-        .options(lazyload(Device.owner))
-    ).first()
-    if row is None:
-        raise Unauthorized("the device token is unknown (rotated or never issued)")
-    device, assignment = row
-    plan = plan_heartbeat(device, assignment, call.hb, now)
+    plan = plan_heartbeat(snapshot, snapshot.assignment, call.hb, now)
     if plan.writes:
         return None
-    reply = _reply(session, assignment, plan, call.signer, call.interval_s)
-    call.buffer.add(device.id, call.reading(now))
+    reply = _reply(snapshot.assignment, snapshot.bin, plan, call.signer, call.interval_s)
+    call.buffer.add(snapshot.id, call.reading(now))
     return reply
 
 
@@ -211,7 +296,13 @@ def heartbeat_with_writes(session: Session, call: HeartbeatCall, now: datetime) 
     if device.ble_connected:  # the device speaks for itself again: BLE mode is over
         record_device_event(session, device.id, "ble.disconnected", reason="device heartbeat")
     apply_telemetry(device, hb, via_ble=False, now=now, pending=call.buffer.peek(device.id))
-    reply = _reply(session, assignment, plan, call.signer, call.interval_s)
+    bin_ref = None
+    if assignment is not None and plan.outcome in _MANIFEST_OUTCOMES:
+        release = session.get(Release, assignment.release_id)
+        artifact = release.artifact("bin") if release else None
+        if artifact is not None:
+            bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
+    reply = _reply(assignment, bin_ref, plan, call.signer, call.interval_s)
     if assignment is not None:
         _record(assignment, hb, plan, reply.ota, now)
     return reply

@@ -1,0 +1,168 @@
+"""The per-instance cache behind the lean heartbeat: what a routine heartbeat needs to know of a device.
+
+A routine heartbeat (nothing to deliver, nothing material changed) needs the device's token, its reported
+version, recording and BLE flags, and its active assignment (with the .bin's size and checksums, for a
+fresh manifest). With this cache it needs no database at all: the reply is built from the entry and the
+telemetry goes to the write-behind buffer. Anything the heartbeat *writes* still goes through the locked
+write transaction (``ota/heartbeat.py``), which plans again from the database rows; the cache only
+decides that a heartbeat is routine.
+
+Staleness is bounded by the change feed (``devices/changes.py``): every committed change of a device or
+its assignments is read by every instance within one poll (``BOTA_OTA_CHANGE_POLL_INTERVAL_S``), which
+drops the device here; this instance's own commits drop it at once. The cache is only used while the
+feed is being read: if the last successful poll is older than ``stale_after_s`` (the database is down,
+the poller died), every heartbeat takes the database path again, and a gap longer than the feed's
+retention empties the cache.
+
+A read that started before a change and finishes after the change was applied here must not put its
+stale result back: ``begin_read`` returns the current generation, and ``put`` refuses an entry whose
+device was dropped after that generation (or when that is no longer known).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
+
+# How many recent drops ``put`` can check against; a read older than that is simply not cached.
+_RECENT_DROPS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class BinRef:
+    """The .bin of the assignment's release: what a manifest needs besides a signed URL."""
+
+    storage_key: str
+    size: int
+    crc32: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentView:
+    """The active assignment as a heartbeat plan sees it (ORM ``Assignment`` rows qualify too)."""
+
+    id: str
+    version: str
+    status: str
+    ota_state: str | None
+    progress: int | None
+    delivery_expires_at: datetime | None
+    release_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSnapshot:
+    """One device with its active assignment, as read by the heartbeat's read step."""
+
+    id: str
+    last_seen_at: datetime | None
+    firmware_version: str | None
+    recording: bool
+    ble_connected: bool
+    assignment: AssignmentView | None
+    bin: BinRef | None
+
+
+class DeviceCache:
+    """Token hash → ``DeviceSnapshot``, bounded (oldest entries leave first). Thread-safe for writers;
+    ``get`` takes no lock (one dict lookup) because it runs on the event loop for every heartbeat."""
+
+    def __init__(self, *, max_entries: int = 200_000, stale_after_s: float = 5.0) -> None:
+        self.max_entries = max_entries
+        self.stale_after_s = stale_after_s
+        self._lock = threading.Lock()
+        self._by_token: dict[str, DeviceSnapshot] = {}
+        self._token_of: dict[str, str] = {}  # device id → token hash
+        self._generation = 0
+        self._floor = 0
+        self._recent: deque[tuple[int, frozenset[str]]] = deque(maxlen=_RECENT_DROPS)
+        self._fed_at: float | None = None  # monotonic time of the last successful feed read
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_entries > 0
+
+    def usable(self, now: float | None = None) -> bool:
+        """True while the change feed is being read often enough for entries to be trusted."""
+        fed_at = self._fed_at
+        if fed_at is None or not self.enabled:
+            return False
+        return (now if now is not None else time.monotonic()) - fed_at <= self.stale_after_s
+
+    def get(self, token_hash: str) -> DeviceSnapshot | None:
+        if not self.usable():
+            return None
+        entry = self._by_token.get(token_hash)
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def begin_read(self) -> int:
+        return self._generation
+
+    def put(self, token_hash: str, snapshot: DeviceSnapshot, generation: int) -> bool:
+        """Keep ``snapshot`` unless its device was dropped since ``generation`` (then the read may be stale)."""
+        if not self.enabled:
+            return False
+        with self._lock:
+            if generation < self._floor:
+                return False  # the cache was cleared after this read began
+            if generation != self._generation:
+                if not self._recent or generation < self._recent[0][0] - 1:
+                    return False  # the drops since then are no longer known
+                if any(gen > generation and snapshot.id in ids for gen, ids in self._recent):
+                    return False
+            old_token = self._token_of.get(snapshot.id)
+            if old_token is not None and old_token != token_hash:
+                self._by_token.pop(old_token, None)
+            self._by_token[token_hash] = snapshot
+            self._token_of[snapshot.id] = token_hash
+            while len(self._by_token) > self.max_entries:
+                oldest = next(iter(self._by_token))
+                evicted = self._by_token.pop(oldest)
+                if self._token_of.get(evicted.id) == oldest:
+                    del self._token_of[evicted.id]
+            return True
+
+    def drop(self, device_ids: set[str] | frozenset[str]) -> None:
+        """Forget these devices (they changed). Called from the feed reader and after this instance's commits."""
+        if not device_ids:
+            return
+        with self._lock:
+            self._generation += 1
+            self._recent.append((self._generation, frozenset(device_ids)))
+            for device_id in device_ids:
+                token = self._token_of.pop(device_id, None)
+                if token is not None:
+                    self._by_token.pop(token, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._floor = self._generation  # every read that began before now is refused by put()
+            self._recent.clear()
+            self._by_token.clear()
+            self._token_of.clear()
+
+    def fed(self, *, max_gap_s: float) -> None:
+        """The change feed was read, and its changes dropped, just now. The first read, or one after a gap
+        longer than ``max_gap_s`` (changes may have left the feed unread), empties the cache first."""
+        now = time.monotonic()
+        if self._fed_at is None or now - self._fed_at > max_gap_s:
+            self.clear()
+        self._fed_at = now
+
+    def stop(self) -> None:
+        """No more feed reads (shutdown): stop trusting entries; a later start begins afresh."""
+        self._fed_at = None
