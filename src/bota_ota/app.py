@@ -81,7 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await background.stop()
             engine.dispose()
 
-    app = FastAPI(title="bota-ota", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="bota-ota",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.ctx = ctx
     install_problem_handlers(app)
     app.add_exception_handler(LoginRequired, _to_login)

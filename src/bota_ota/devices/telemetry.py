@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, or_, update
@@ -41,8 +41,10 @@ class PendingTelemetry:
 
     def merged_over(self, older: PendingTelemetry) -> PendingTelemetry:
         """This (newer) reading on top of an older one: omitted fields keep their older value."""
-        return replace(
-            self,
+        if self.battery is not None and self.network is not None and self.rssi is not None:
+            return self  # the common case, on the heartbeat's hot path: nothing to merge
+        return PendingTelemetry(
+            seen_at=self.seen_at,
             battery=self.battery if self.battery is not None else older.battery,
             network=self.network if self.network is not None else older.network,
             rssi=self.rssi if self.rssi is not None else older.rssi,

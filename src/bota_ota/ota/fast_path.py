@@ -101,11 +101,17 @@ class HeartbeatFastPath:
             await self.app(scope, receive, send)
             return
         ctx: AppContext = scope["app"].state.ctx
+        authorization = declared = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = bytes(value).decode("latin-1")
+            elif key == b"content-length":
+                declared = bytes(value).decode("latin-1")
         try:
-            body = await self._read_body(scope, receive)
+            body = await self._read_body(declared, receive)
             if body is None:
                 return  # the client went away
-            token = bearer_token(_header(scope, b"authorization"))
+            token = bearer_token(authorization)
             try:
                 hb = Heartbeat.model_validate_json(body)
             except ValidationError as exc:
@@ -128,8 +134,7 @@ class HeartbeatFastPath:
         return reply.model_dump_json().encode()
 
     @staticmethod
-    async def _read_body(scope: Scope, receive: Receive) -> bytes | None:
-        declared = _header(scope, b"content-length")
+    async def _read_body(declared: str | None, receive: Receive) -> bytes | None:
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"a heartbeat body must be under {MAX_BODY_BYTES} bytes", field="body")
         chunks: list[bytes] = []
@@ -156,10 +161,3 @@ class HeartbeatFastPath:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
