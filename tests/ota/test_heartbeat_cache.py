@@ -50,16 +50,18 @@ def _cache(app: Any) -> DeviceCache:
     return cache
 
 
-def _settle() -> None:
+def _settle(app: Any) -> None:
     """Let the feed reader see this instance's last commit too (it drops the device once more): a read
-    that overlaps that drop is, rightly, not cached."""
-    time.sleep(0.3)
+    that overlaps that drop is, rightly, not cached. Two more feed reads: the second began after the commit."""
+    cache = _cache(app)
+    target = cache.feeds + 2
+    _until(lambda: cache.feeds >= target, "two feed reads")
 
 
-def _known_device(admin: ApiClient) -> dict[str, Any]:
+def _known_device(admin: ApiClient, app: Any) -> dict[str, Any]:
     dev = admin.device()
     assert heartbeat(admin.client, dev["token"], firmware_version="v1.0.0").status_code == 200  # written at once
-    _settle()
+    _settle(app)
     return dev
 
 
@@ -69,7 +71,7 @@ def _release_id(admin: ApiClient) -> str:
 
 def test_a_cached_routine_heartbeat_runs_no_sql(admin: ApiClient, app: Any) -> None:
     cache = _cache(app)
-    dev = _known_device(admin)
+    dev = _known_device(admin, app)
     statements = Statements(app.state.ctx.engine)
     r = heartbeat(admin.client, dev["token"], firmware_version="v1.0.0", battery=70)  # miss: one read, cached
     assert r.status_code == 200 and r.json()["ota"] is None
@@ -86,7 +88,7 @@ def test_a_cached_routine_heartbeat_runs_no_sql(admin: ApiClient, app: Any) -> N
 
 def test_an_assignment_made_here_is_delivered_at_the_next_heartbeat(admin: ApiClient, app: Any) -> None:
     cache = _cache(app)
-    dev = _known_device(admin)
+    dev = _known_device(admin, app)
     heartbeat(admin.client, dev["token"])  # cached now
     assert len(cache) == 1
     assignment = admin.assign(dev["id"], _release_id(admin)).json()
@@ -97,7 +99,7 @@ def test_an_assignment_made_here_is_delivered_at_the_next_heartbeat(admin: ApiCl
 
 def test_a_material_change_is_not_answered_from_the_cache(admin: ApiClient, app: Any) -> None:
     _cache(app)
-    dev = _known_device(admin)
+    dev = _known_device(admin, app)
     heartbeat(admin.client, dev["token"])
     heartbeat(admin.client, dev["token"], firmware_version="v1.0.5", recording=True)
     got = admin.get(f"/api/v1/devices/{dev['id']}").json()
@@ -106,11 +108,11 @@ def test_a_material_change_is_not_answered_from_the_cache(admin: ApiClient, app:
 
 def test_a_cached_delivered_assignment_gets_fresh_urls_without_sql(admin: ApiClient, app: Any) -> None:
     _cache(app)
-    dev = _known_device(admin)
+    dev = _known_device(admin, app)
     assignment = admin.assign(dev["id"], _release_id(admin)).json()
     first = heartbeat(admin.client, dev["token"]).json()["ota"]  # delivered: a write
     assert first["assignment_id"] == assignment["id"]
-    _settle()
+    _settle(app)
     heartbeat(admin.client, dev["token"])  # a miss after the write: read and cached
     statements = Statements(app.state.ctx.engine)
     again = heartbeat(admin.client, dev["token"]).json()["ota"]
@@ -122,7 +124,7 @@ def test_a_cached_delivered_assignment_gets_fresh_urls_without_sql(admin: ApiCli
 
 def test_a_rotated_token_stops_working_at_once(admin: ApiClient, app: Any) -> None:
     _cache(app)
-    dev = _known_device(admin)
+    dev = _known_device(admin, app)
     heartbeat(admin.client, dev["token"])
     new_token = admin.post(f"/api/v1/devices/{dev['id']}/token").json()["token"]
     assert_problem(heartbeat(admin.client, dev["token"]), 401)
@@ -143,7 +145,8 @@ def test_a_change_made_by_another_instance_reaches_this_cache_within_a_poll(
     other_app, other = second_instance
     other_cache = _cache(other_app)
     _cache(app)
-    dev = _known_device(admin)
+    dev = _known_device(admin, app)
+    _settle(other_app)
     assert heartbeat(other, dev["token"]).json()["ota"] is None
     assert heartbeat(other, dev["token"]).json()["ota"] is None
     assert len(other_cache) == 1
@@ -159,7 +162,7 @@ def test_a_change_made_by_another_instance_reaches_this_cache_within_a_poll(
 
 def test_the_cache_is_not_used_while_the_feed_is_not_read(admin: ApiClient, app: Any) -> None:
     cache = _cache(app)
-    dev = _known_device(admin)
+    dev = _known_device(admin, app)
     heartbeat(admin.client, dev["token"])
     cache.stop()  # as if the feed reader had failed for longer than stale_after_s
     statements = Statements(app.state.ctx.engine)
@@ -171,8 +174,8 @@ def test_no_cache_when_its_size_is_zero(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"device_cache_size": 0}))
     with TestClient(app, base_url="http://testserver") as client:
         admin = ApiClient(client, make_token(app.state.ctx.sessions, "admin"))
-        dev = _known_device(admin)
-        for _ in range(3):
+        dev = admin.device()
+        for _ in range(4):
             assert heartbeat(client, dev["token"]).status_code == 200
         assert len(app.state.ctx.device_cache) == 0
         assignment = admin.assign(dev["id"], _release_id(admin)).json()

@@ -83,6 +83,7 @@ class DeviceCache:
         self._fed_at: float | None = None  # monotonic time of the last successful feed read
         self.hits = 0
         self.misses = 0
+        self.feeds = 0  # successful feed reads so far
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -162,6 +163,7 @@ class DeviceCache:
         if self._fed_at is None or now - self._fed_at > max_gap_s:
             self.clear()
         self._fed_at = now
+        self.feeds += 1
 
     def stop(self) -> None:
         """No more feed reads (shutdown): stop trusting entries; a later start begins afresh."""
