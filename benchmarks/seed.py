@@ -30,6 +30,7 @@ from benchmarks.pg import Postgres, safe_name
 from benchmarks.tokens import device_id, device_token
 from bota_ota.accounts import service as accounts
 from bota_ota.db import make_engine, make_sessionmaker, new_id, session_scope, utcnow
+from bota_ota.devices.changes import note_changed_devices
 from bota_ota.devices.models import Device
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.upload import ParsedForm, ReceivedFile
@@ -212,6 +213,7 @@ def assign_all(database_url: str, release_id: str, version: str, device_ids: lis
                 for d in device_ids
             ]
             session.execute(insert(Assignment), rows)
+            note_changed_devices(session, device_ids)  # the servers' heartbeat caches must hear of it
             session.execute(
                 insert(AssignmentEvent),
                 [

@@ -19,10 +19,11 @@ from sqlalchemy import func, insert, literal_column, select
 from bota_ota.app import create_app
 from bota_ota.config import Settings
 from bota_ota.db import session_scope, utcnow
-from bota_ota.devices.changes import DeviceChange, FeedPosition, prune_changes, read_changes
+from bota_ota.devices.changes import DeviceChange, FeedPosition, note_changed_devices, prune_changes, read_changes
 from bota_ota.devices.models import Device
 from bota_ota.ota.device_cache import DeviceCache, DeviceSnapshot
 from bota_ota.ota.fast_path import MAX_BODY_BYTES
+from bota_ota.ota.models import Assignment
 from tests.factories import ApiClient, assert_problem, heartbeat, make_token
 from tests.ota.test_lean_heartbeat import Statements
 
@@ -320,3 +321,27 @@ def test_the_cache_trusts_entries_only_while_fed() -> None:
     assert cache.get("tok") is None, "the feed has not been read for too long"
     cache.fed(max_gap_s=0.01)
     assert len(cache) == 0, "a gap longer than the feed keeps rows: start again"
+
+
+def test_entries_expire_even_when_the_feed_never_names_them() -> None:
+    """The safety net for changes made with SQL outside the application."""
+    cache = DeviceCache(max_entries=10, max_age_s=0.05)
+    cache.fed(max_gap_s=60)
+    cache.put("tok", _snapshot("dev"), cache.begin_read())
+    assert cache.get("tok") is not None
+    time.sleep(0.1)
+    cache.fed(max_gap_s=60)
+    assert cache.get("tok") is None
+
+
+def test_bulk_statements_name_their_devices_in_the_feed(app: Any, admin: ApiClient) -> None:
+    engine = app.state.ctx.engine
+    dev = admin.device()
+    release_id = _release_id(admin)
+    position = FeedPosition()
+    read_changes(engine, position)
+    with session_scope(app.state.ctx.sessions) as session:
+        row = {"id": "bulk-1", "device_id": dev["id"], "release_id": release_id, "version": "v1.0.1"}
+        session.execute(insert(Assignment), [row])
+        note_changed_devices(session, [dev["id"]])
+    assert read_changes(engine, position) == {dev["id"]}

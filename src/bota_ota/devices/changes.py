@@ -8,7 +8,10 @@ every ``BOTA_OTA_CHANGE_POLL_INTERVAL_S`` (0.5 s) and drops those devices from i
 
 Writing the rows is automatic: a session hook collects the ids of every ``Device`` and ``Assignment``
 that a flush inserts, updates or deletes, and inserts the rows just before the transaction commits (so
-they commit or roll back with the change). Nothing in the services has to remember to do it.
+they commit or roll back with the change). Nothing in the services has to remember to do it. Bulk Core
+statements bypass the flush: code that changes devices or assignments that way calls
+``note_changed_devices``. A change made outside the application (SQL typed into psql) reaches the caches
+when the entry expires (``ota/device_cache.py``: ``MAX_AGE_S``) — or insert ``device_changes`` rows.
 
 Reading "the new rows" must never skip a row that commits late:
 
@@ -76,6 +79,12 @@ def _changed_device_ids(objects: Iterable[object]) -> set[str]:
         elif isinstance(obj, Assignment) and obj.device_id:
             ids.add(obj.device_id)
     return ids
+
+
+def note_changed_devices(session: Session, device_ids: Iterable[str]) -> None:
+    """For bulk Core statements (``session.execute(insert(Assignment), rows)``), which no flush sees:
+    these devices changed in this transaction; their feed rows are written with it."""
+    session.info.setdefault(_PENDING_KEY, set()).update(device_ids)
 
 
 def _after_flush(session: Session, _flush_context: Any) -> None:

@@ -29,6 +29,9 @@ from datetime import datetime
 
 # How many recent drops ``put`` can check against; a read older than that is simply not cached.
 _RECENT_DROPS = 256
+# A safety net, not the mechanism: an entry is read again after this long even if the feed never named its
+# device (a change made with SQL outside the application). At a 60 s interval, one heartbeat in ten reads.
+MAX_AGE_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +70,22 @@ class DeviceSnapshot:
     bin: BinRef | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    snapshot: DeviceSnapshot
+    expires: float  # time.monotonic()
+
+
 class DeviceCache:
     """Token hash → ``DeviceSnapshot``, bounded (oldest entries leave first). Thread-safe for writers;
     ``get`` takes no lock (one dict lookup) because it runs on the event loop for every heartbeat."""
 
-    def __init__(self, *, max_entries: int = 200_000, stale_after_s: float = 5.0) -> None:
+    def __init__(self, *, max_entries: int = 200_000, stale_after_s: float = 5.0, max_age_s: float = MAX_AGE_S) -> None:
         self.max_entries = max_entries
         self.stale_after_s = stale_after_s
+        self.max_age_s = max_age_s
         self._lock = threading.Lock()
-        self._by_token: dict[str, DeviceSnapshot] = {}
+        self._by_token: dict[str, _Entry] = {}
         self._token_of: dict[str, str] = {}  # device id → token hash
         self._generation = 0
         self._floor = 0
@@ -100,14 +110,15 @@ class DeviceCache:
         return (now if now is not None else time.monotonic()) - fed_at <= self.stale_after_s
 
     def get(self, token_hash: str) -> DeviceSnapshot | None:
-        if not self.usable():
+        now = time.monotonic()
+        if not self.usable(now):
             return None
         entry = self._by_token.get(token_hash)
-        if entry is None:
+        if entry is None or entry.expires < now:
             self.misses += 1
-        else:
-            self.hits += 1
-        return entry
+            return None
+        self.hits += 1
+        return entry.snapshot
 
     def begin_read(self) -> int:
         return self._generation
@@ -127,13 +138,14 @@ class DeviceCache:
             old_token = self._token_of.get(snapshot.id)
             if old_token is not None and old_token != token_hash:
                 self._by_token.pop(old_token, None)
-            self._by_token[token_hash] = snapshot
+            self._by_token.pop(token_hash, None)  # re-inserted at the end: the oldest entries leave first
+            self._by_token[token_hash] = _Entry(snapshot, time.monotonic() + self.max_age_s)
             self._token_of[snapshot.id] = token_hash
             while len(self._by_token) > self.max_entries:
                 oldest = next(iter(self._by_token))
                 evicted = self._by_token.pop(oldest)
-                if self._token_of.get(evicted.id) == oldest:
-                    del self._token_of[evicted.id]
+                if self._token_of.get(evicted.snapshot.id) == oldest:
+                    del self._token_of[evicted.snapshot.id]
             return True
 
     def drop(self, device_ids: set[str] | frozenset[str]) -> None:
