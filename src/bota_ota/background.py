@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 # An instance that could not read the change feed for this long may have missed rows the sweeps deleted.
 FEED_MAX_GAP_S = RETENTION.total_seconds() / 2
+CACHE_REPORT_S = 60.0
 
 
 class BackgroundWork:
@@ -115,7 +116,22 @@ class BackgroundWork:
         cache = self.ctx.device_cache
         position = FeedPosition()
         failing = False
+        loop = asyncio.get_running_loop()
+        report_at = loop.time() + CACHE_REPORT_S
+        hits = misses = 0
         while not self._stopping.is_set():
+            if loop.time() >= report_at:  # one line a minute: is the cache doing its job?
+                new_hits, new_misses = cache.hits - hits, cache.misses - misses
+                hits, misses = cache.hits, cache.misses
+                report_at = loop.time() + CACHE_REPORT_S
+                if new_hits + new_misses:
+                    log.info(
+                        "heartbeat cache: %d devices; %d of %d heartbeats in the last minute answered from it (%.0f%%)",
+                        len(cache),
+                        new_hits,
+                        new_hits + new_misses,
+                        100 * new_hits / (new_hits + new_misses),
+                    )
             try:
                 changed = await self._run_read(read_changes, self.ctx.engine, position)
             except Exception:

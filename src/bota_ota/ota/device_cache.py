@@ -112,6 +112,7 @@ class DeviceCache:
     def get(self, token_hash: str) -> DeviceSnapshot | None:
         now = time.monotonic()
         if not self.usable(now):
+            self.misses += 1
             return None
         entry = self._by_token.get(token_hash)
         if entry is None or entry.expires < now:
