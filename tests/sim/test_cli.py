@@ -34,8 +34,14 @@ def test_register_assign_simulate_until_done(sim_server: SimServer, tmp_path: Pa
         "--reboot-s",
         "0.3",
     ]
-    first = run("simulate", "--devices", "6", "--duration", "1", *common, env=env)
+    # The first run registers the devices, with the live view on (Rich prints its last frame when the
+    # output is not a terminal).
+    live = [a for a in common if a != "--no-live"]
+    first = run("simulate", "--devices", "6", "--duration", "2", *live, env=env)
     assert first.returncode == 0, first.stderr
+    assert "bota-ota simulator — 6 devices" in first.stdout
+    assert "device state" in first.stdout and "assignment status" in first.stdout
+    assert "Simulation summary" in first.stdout
     devices = sim_server.api.get("/api/v1/devices", params={"q": "SIM-PIN-"}).json()
     assert len(devices) == 6
 
@@ -76,6 +82,41 @@ def test_register_assign_simulate_until_done(sim_server: SimServer, tmp_path: Pa
     assert len(sim_server.api.get("/api/v1/devices", params={"q": "SIM-PIN-"}).json()) == 6
     applied = sim_server.api.get("/api/v1/assignments", params={"status": "applied"})
     assert applied.headers["X-Total-Count"] == "6"
+
+
+def test_assign_from_a_file_counts_each_outcome(sim_server: SimServer, tmp_path: Path) -> None:
+    env = {**sim_server.proc.env, "COLUMNS": "160"}
+    for device_id, model in (("F-PIN-1", "bota-pin"), ("F-PIN-2", "bota-pin"), ("F-NOTE-1", "bota-note")):
+        r = sim_server.api.post("/api/v1/devices", json={"id": device_id, "model": model})
+        assert r.status_code == 201, r.text
+    release = sim_server.release("v5.0.0")
+    sim_server.assign_all(["F-PIN-2"], release["id"])  # already has an active assignment
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# devices for v5.0.0\nF-PIN-1\nF-PIN-2\n\nF-NOTE-1\nF-NOPE-9\n")
+    common = ["assign", "--server", sim_server.url, "--api-token", sim_server.token, "--release", release["id"]]
+
+    out = run(*common, "--devices", str(ids), env=env)
+    assert out.returncode == 0, out.stderr
+    for row in ("assigned                 │ 1", "skipped (already active) │ 1", "wrong model              │ 1"):
+        assert row in out.stdout, out.stdout
+    assert "not found                │ 1" in out.stdout and "other errors             │ 0" in out.stdout
+    assert sim_server.api.get("/api/v1/devices/F-PIN-1").json()["active_assignment"] is not None
+
+    # '-' reads the ids from stdin.
+    again = subprocess.run(
+        [BOTA, *common, "--devices", "-"], env=env, input="F-PIN-1\n", capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert "skipped (already active) │ 1" in again.stdout
+
+    # A release without a .bin cannot go out over HTTP OTA: refused before any device is touched.
+    r = sim_server.api.post(
+        "/api/v1/firmware", data={"version": "v5.1.0", "model": "bota-pin"}, files={"ufw": ("x.ufw", b"u" * 1000)}
+    )
+    assert r.status_code == 201, r.text
+    no_bin = run(*common[:-1], r.json()["id"], "--model", "bota-pin", env=env)
+    assert no_bin.returncode == 2
+    assert "has no .bin file" in no_bin.stderr
 
 
 def test_simulate_refuses_bad_faults_and_tokens(sim_server: SimServer) -> None:

@@ -230,6 +230,11 @@ def assign(
     mgmt = MgmtClient(server, api_token)
     try:
         rel = mgmt.get_release(release)
+        if rel.get("bin") is None:
+            err_console.print(
+                f"[red]error:[/red] release {rel['version']} has no .bin file, so it cannot be assigned for HTTP OTA"
+            )
+            raise typer.Exit(2)
         if devices is not None:
             import sys
 

@@ -228,7 +228,9 @@ class SimDevice:
             self._task.cancel()
 
     async def heartbeat(self) -> dict[str, Any] | None:
-        if self.faults.record and not self.recording and self.rng.random() < self.faults.record:
+        # A recording starts only while no update is under way: firmware transfer and recording never
+        # overlap (the seed: "no active recording on the device during transfer").
+        if self.faults.record and self.job is None and not self.recording and self.rng.random() < self.faults.record:
             self.start_recording(self.faults.record_s * self.rng.uniform(0.5, 1.5))
         body: dict[str, Any] = {
             "firmware_version": self.firmware_version,
@@ -406,12 +408,12 @@ class SimDevice:
                         raise httpx.RemoteProtocolError("connection closed before the whole file arrived")
                 except httpx.HTTPError as exc:
                     failures += 1
-                    self.stats.retries += 1
                     log.debug(
                         "%s download attempt %d failed at %d/%d: %s", self.device_id, failures, offset, job.size, exc
                     )
-                    if failures > MAX_DOWNLOAD_RETRIES:
+                    if failures > MAX_DOWNLOAD_RETRIES:  # the first attempt and 10 retries all failed
                         raise DownloadFailed("download_failed") from None
+                    self.stats.retries += 1
                     backoff = min(self.timing.backoff_max_s, self.timing.backoff_base_s * 2 ** (failures - 1))
                     await asyncio.sleep(backoff * self.rng.uniform(0.5, 1.0))
 
@@ -446,10 +448,15 @@ class SimDevice:
                 size += len(chunk)
                 crc = zlib.crc32(chunk, crc)
                 sha.update(chunk)
-        if size != job.size:
-            return "size_mismatch"
-        if crc & 0xFFFFFFFF != job.crc32 or sha.hexdigest() != job.sha256:
-            return "crc_mismatch"
+        # docs/device-protocol.md: any mismatch is reported as crc_mismatch; the log says which check failed.
+        for check, ok in (
+            ("size", size == job.size),
+            ("crc32", crc & 0xFFFFFFFF == job.crc32),
+            ("sha256", sha.hexdigest() == job.sha256),
+        ):
+            if not ok:
+                log.info("%s: the downloaded image fails the %s check", self.device_id, check)
+                return "crc_mismatch"
         return None
 
 
