@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -154,8 +155,16 @@ def remove_stale_upload_files(tmp_dir: Path, *, older_than_s: float = STALE_UPLO
                     path.unlink()
 
 
+# The event loop and the worker threads that do database work share the GIL. A thread gives it up around
+# every SQLite or PostgreSQL call and, while the loop is busy answering heartbeats, waits CPython's switch
+# interval (5 ms by default) to get it back: a write transaction of ten statements then holds SQLite's one
+# write slot for tens of milliseconds (measured in the rollout benchmark: ~9 ms per delivery at 0.7 cores).
+SERVER_SWITCH_INTERVAL_S = 0.0005
+
+
 def create_app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory`` (used by ``bota-ota serve --workers N``)."""
+    """Factory for ``uvicorn --factory`` (used by ``bota-ota serve``, with or without ``--workers N``)."""
+    sys.setswitchinterval(SERVER_SWITCH_INTERVAL_S)
     settings = Settings()
     # A worker process is spawned afresh: give it the same log output as ``serve`` (no-op when it has one).
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, selectinload
 
 from bota_ota.audit import service as audit
@@ -47,7 +47,15 @@ def add_event(assignment: Assignment, kind: str, *, actor: str | None = None, **
             assignment.status,
             " ".join(f"{k}={v}" for k, v in detail.items()),
         )
-    assignment.events.append(event)
+    state = inspect(assignment)
+    session = state.session
+    if state.persistent and session is not None and "events" not in state.dict:
+        # Appending to the relationship would first load every earlier event of the assignment (one
+        # SELECT per heartbeat that records something); adding the row needs none of them.
+        event.assignment_id = assignment.id
+        session.add(event)
+    else:
+        assignment.events.append(event)
     return event
 
 
