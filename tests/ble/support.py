@@ -16,6 +16,7 @@ T = TypeVar("T")
 MODEL = "bota-pin"
 OLD = "v1.0.0"
 NEW = "v1.1.0"
+SERIAL = "BP-000123"
 
 
 def run(coro_fn: Callable[[], Awaitable[T]], limit: float = 30.0) -> T:
@@ -25,6 +26,11 @@ def run(coro_fn: Callable[[], Awaitable[T]], limit: float = 30.0) -> T:
         return await asyncio.wait_for(coro_fn(), limit)
 
     return asyncio.run(bounded())
+
+
+def device_state(**overrides: Any) -> DeviceState:
+    """A Bota Pin ``SERIAL`` running ``OLD``, with ``overrides``."""
+    return DeviceState(**{"model": MODEL, "firmware_version": OLD, "serial": SERIAL, **overrides})
 
 
 def image(size: int, seed: int = 1) -> bytes:
@@ -54,11 +60,11 @@ async def rig(
     verify_delay: float = 0.0,
 ) -> AsyncIterator[Rig]:
     pair = await virtual_pair(peripheral_max_mtu=peripheral_max_mtu)
-    device_state = state or DeviceState(model=MODEL, firmware_version=OLD, battery=80)
+    state = state or device_state(battery=80)
     events: list[tuple[str, Any]] = []
     peripheral = OtaPeripheral(
         pair.peripheral,
-        device_state,
+        state,
         reboot_delay=reboot_delay,
         verify_delay=verify_delay,
         on_connected=lambda: events.append(("connected", None)),
@@ -68,7 +74,7 @@ async def rig(
     await peripheral.start()
     transport = BumbleOtaTransport(pair.central, pair.peripheral_address, mtu=mtu)
     try:
-        yield Rig(pair=pair, peripheral=peripheral, transport=transport, state=device_state, events=events)
+        yield Rig(pair=pair, peripheral=peripheral, transport=transport, state=state, events=events)
     finally:
         await peripheral.stop()
         await pair.close()

@@ -20,7 +20,7 @@ from bota_ota.sim.ble import (
     push_image,
 )
 from bota_ota.sim.ble.profile import CONTROL_POINT_UUID, Response, image_crc32
-from tests.ble.support import MODEL, NEW, OLD, image, rig, run
+from tests.ble.support import MODEL, NEW, OLD, device_state, image, rig, run
 
 pytestmark = pytest.mark.ble
 
@@ -127,7 +127,7 @@ def test_recording_refuses_start_and_nothing_is_written() -> None:
     recording = True
 
     async def body() -> None:
-        state = DeviceState(model=MODEL, firmware_version=OLD, battery=90, recording=lambda: recording)
+        state = device_state(battery=90, recording=lambda: recording)
         async with rig(state=state) as r:
             report = await push_image(r.transport, image(10_000), model=MODEL, version=NEW)
             assert report.result is Result.RECORDING
@@ -147,13 +147,13 @@ def test_recording_refuses_start_and_nothing_is_written() -> None:
 @pytest.mark.parametrize(
     ("state", "model", "version", "size", "expected"),
     [
-        (DeviceState(MODEL, OLD, battery=19), MODEL, NEW, 4000, Result.LOW_BATTERY),
-        (DeviceState(MODEL, OLD, battery=20), MODEL, NEW, 4000, Result.SUCCESS),  # 20 % is enough
-        (DeviceState(MODEL, OLD), "bota-note", NEW, 4000, Result.WRONG_MODEL),
-        (DeviceState(MODEL, OLD), MODEL, OLD, 4000, Result.SAME_VERSION),
-        (DeviceState(MODEL, OLD, max_image_size=3999), MODEL, NEW, 4000, Result.TOO_LARGE),
-        (DeviceState(MODEL, OLD, max_image_size=4000), MODEL, NEW, 4000, Result.SUCCESS),
-        (DeviceState(MODEL, OLD, busy=True), MODEL, NEW, 4000, Result.INVALID_STATE),  # e.g. updating over HTTP
+        (device_state(battery=19), MODEL, NEW, 4000, Result.LOW_BATTERY),
+        (device_state(battery=20), MODEL, NEW, 4000, Result.SUCCESS),  # 20 % is enough
+        (device_state(), "bota-note", NEW, 4000, Result.WRONG_MODEL),
+        (device_state(), MODEL, OLD, 4000, Result.SAME_VERSION),
+        (device_state(max_image_size=3999), MODEL, NEW, 4000, Result.TOO_LARGE),
+        (device_state(max_image_size=4000), MODEL, NEW, 4000, Result.SUCCESS),
+        (device_state(busy=True), MODEL, NEW, 4000, Result.INVALID_STATE),  # e.g. updating over HTTP
     ],
 )
 def test_start_checks(state: DeviceState, model: str, version: str, size: int, expected: Result) -> None:
@@ -177,12 +177,12 @@ def test_start_checks(state: DeviceState, model: str, version: str, size: int, e
 def test_start_checks_run_in_the_documented_order() -> None:
     # Each case fails every later check too: the first one that applies is the answer (docs/ble-ota.md).
     cases = [
-        (DeviceState(MODEL, OLD, busy=True, recording=True), MODEL, NEW, 0, Result.INVALID_STATE),
-        (DeviceState(MODEL, OLD, recording=True, battery=5), MODEL, NEW, 0, Result.INVALID_PARAMETER),
-        (DeviceState(MODEL, OLD, recording=True, battery=5, max_image_size=10), "bota-note", OLD, 99, Result.RECORDING),
-        (DeviceState(MODEL, OLD, battery=5, max_image_size=10), "bota-note", OLD, 99, Result.LOW_BATTERY),
-        (DeviceState(MODEL, OLD, max_image_size=10), "bota-note", OLD, 99, Result.WRONG_MODEL),
-        (DeviceState(MODEL, OLD, max_image_size=10), MODEL, OLD, 99, Result.SAME_VERSION),
+        (device_state(busy=True, recording=True), MODEL, NEW, 0, Result.INVALID_STATE),
+        (device_state(recording=True, battery=5), MODEL, NEW, 0, Result.INVALID_PARAMETER),
+        (device_state(recording=True, battery=5, max_image_size=10), "bota-note", OLD, 99, Result.RECORDING),
+        (device_state(battery=5, max_image_size=10), "bota-note", OLD, 99, Result.LOW_BATTERY),
+        (device_state(max_image_size=10), "bota-note", OLD, 99, Result.WRONG_MODEL),
+        (device_state(max_image_size=10), MODEL, OLD, 99, Result.SAME_VERSION),
     ]
 
     async def body() -> None:

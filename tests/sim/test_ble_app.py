@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bota_ota.sim.app import ReferenceApp
+from bota_ota.sim.app import ReferenceApp, WrongDeviceError
 from bota_ota.sim.ble.central import BumbleOtaTransport
 from bota_ota.sim.ble.link import VirtualLink
 from bota_ota.sim.ble_device import BleSimDevice, attach_ble
@@ -47,13 +50,15 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def world(server: SimServer, *, prefix: str, owner: str = EMAIL) -> AsyncIterator[World]:
-    fleet = await start_fleet(server, server.config(1, prefix=prefix, reboot_s=0.3))
+async def world(server: SimServer, *, prefix: str, owner: str = EMAIL, devices: int = 1) -> AsyncIterator[World]:
+    """``devices`` Bota Pins owned by ``owner``; the first (``World.device``) has the radio the phone reaches."""
+    fleet = await start_fleet(server, server.config(devices, prefix=prefix, reboot_s=0.3))
     if server.api.get("/api/v1/app-users").json() == []:
         r = server.api.post("/api/v1/app-users", json={"email": EMAIL, "password": PASSWORD})
         assert r.status_code == 201, r.text
-    device_id = fleet.credentials[0].device_id
-    assert server.api.put(f"/api/v1/devices/{device_id}/owner", json={"email": owner}).status_code == 200
+    for credentials in fleet.credentials:
+        r = server.api.put(f"/api/v1/devices/{credentials.device_id}/owner", json={"email": owner})
+        assert r.status_code == 200
     link = VirtualLink()
     async with fleet:
         runner = asyncio.create_task(fleet.run())
@@ -246,3 +251,56 @@ def test_another_users_app_gets_404(sim_server: SimServer) -> None:
             assert r.status_code == 401
 
     asyncio.run(scenario())
+
+
+def test_an_app_connected_to_another_device_of_the_model_relays_nothing_and_writes_nothing(
+    sim_server: SimServer,
+) -> None:
+    upload(sim_server, "v1.8.0", os.urandom(60_000))  # an update A would take, and B could too
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="W", devices=2) as w:  # the user owns both: only serials differ
+            b = w.device_id  # in front of the phone
+            a = next(c.device_id for c in w.fleet.credentials if c.device_id != b)  # the one to update
+            await wait_for(lambda: all(d.stats.heartbeats > 0 for d in w.fleet.devices))
+            with pytest.raises(WrongDeviceError) as refused:
+                await w.app.update_device(a, w.transport)
+            assert (refused.value.expected, refused.value.actual) == (a, b)
+            assert f"connected to {b}, not to {a}" in str(refused.value)
+            counters = w.ble.peripheral.counters
+            assert (counters.connections, counters.start_requests, counters.responses) == (1, 0, [])
+            assert (counters.flash_erases, counters.chunks_received, counters.chunks_ignored) == (0, 0, 0)
+            assert w.device.firmware_version == "v1.0.0"
+            assert not w.ble.peripheral.connected
+            # The server heard nothing from the app about A (or B): no relay, no BLE mode, no transfer.
+            for device_id in (a, b):
+                view = w.server.api.get(f"/api/v1/devices/{device_id}").json()
+                assert view["ble_connected"] is False
+                kinds = [e["kind"] for e in w.server.api.get(f"/api/v1/devices/{device_id}/events").json()]
+                assert not [k for k in kinds if k.startswith("ble")], kinds
+
+    asyncio.run(scenario())
+
+
+def test_app_sim_refuses_another_device_than_the_one_named(sim_server: SimServer) -> None:
+    """``bota-ota app-sim --connect-to`` puts BP-APP-2 in front of the phone: the app names both ids and exits 2."""
+    upload(sim_server, "v1.9.0", os.urandom(60_000))
+    r = sim_server.api.post("/api/v1/app-users", json={"email": EMAIL, "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    for device_id in ("BP-APP-1", "BP-APP-2"):
+        r = sim_server.api.post("/api/v1/devices", json={"id": device_id, "model": "bota-pin"})
+        assert r.status_code == 201, r.text
+        assert sim_server.api.put(f"/api/v1/devices/{device_id}/owner", json={"email": EMAIL}).status_code == 200
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "bota-ota"), "app-sim", "--server", sim_server.url, "--user", EMAIL,
+         "--password", PASSWORD, "--device", "BP-APP-1", "--connect-to", "BP-APP-2", "--yes", "--rate", "0"],
+        env={**sim_server.proc.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "wrong device: the phone is connected to BP-APP-2, not to BP-APP-1" in " ".join(done.stderr.split())
+    for device_id in ("BP-APP-1", "BP-APP-2"):
+        kinds = [e["kind"] for e in sim_server.api.get(f"/api/v1/devices/{device_id}/events").json()]
+        assert not [k for k in kinds if k.startswith("ble")], kinds

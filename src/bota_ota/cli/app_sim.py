@@ -52,6 +52,13 @@ def app_sim(
         ),
     ] = None,
     reboot_s: Annotated[float, typer.Option(help="Seconds the device takes to reboot.")] = 3.0,
+    connect_to: Annotated[
+        str | None,
+        typer.Option(
+            help="Put another device of the same model (this id, Bluetooth only) in front of the phone, to "
+            "rehearse connecting to the wrong device: the app reads its serial, refuses, and exits with 2."
+        ),
+    ] = None,
 ) -> None:
     """Update a device over Bluetooth as the phone app would: a simulated device (GATT peripheral) and the
     reference app (GATT central) on Bumble's in-process virtual radio, talking to a real server."""
@@ -69,6 +76,7 @@ def app_sim(
                 disconnect_at=disconnect_at,
                 device_token=device_token or _token_from_simulator_state(device),
                 reboot_s=reboot_s,
+                connect_to=connect_to,
             )
         )
     except Exception as exc:  # shown as a one-line error, not a traceback
@@ -92,6 +100,7 @@ async def _run(
     disconnect_at: float | None,
     device_token: str | None,
     reboot_s: float,
+    connect_to: str | None = None,
 ) -> int:
     from bota_ota.sim.app import ReferenceApp
     from bota_ota.sim.ble.central import BumbleOtaTransport
@@ -102,9 +111,11 @@ async def _run(
     app = ReferenceApp(server)
     await app.login(user, password)
     known = await app.device(device_id)
+    if connect_to is not None and connect_to != device_id:
+        device_token = None  # the token is --device's: the other device only speaks Bluetooth
     net = Network.create(server, heartbeat_connections=4, download_connections=2)
     sim = SimDevice(
-        device_id=device_id,
+        device_id=connect_to or device_id,
         token=device_token or "",
         model=known["model"],
         firmware_version=known["firmware_version"] or "v0.0.0",
@@ -118,9 +129,11 @@ async def _run(
     ble = await attach_ble(sim, link, index=1, reboot_s=reboot_s)
     phone = await link.add_device("C0:AA:00:00:00:01", name="phone")
     console.print(
-        f"Device {device_id} ({known['model']}) runs {sim.firmware_version}; "
+        f"Device {sim.device_id} ({known['model']}) runs {sim.firmware_version}; "
         f"{'heartbeating over HTTP' if heartbeat else 'Bluetooth only (no device token)'}."
     )
+    if sim.device_id != device_id:
+        console.print(f"The phone is connected to {sim.device_id}; the app was asked to update {device_id}.")
 
     async def confirm(offer: dict[str, Any]) -> bool:
         release = offer["release"]

@@ -1,8 +1,9 @@
 """The reference mobile app: the whole Bluetooth OTA flow of docs/app-api.md against a real server.
 
-login → connect over BLE → relay the device's status → check for an update → confirm → download the
-.ufw and check it → report ``started`` → push it over BLE (docs/ble-ota.md) → report ``completed`` or
-``failed`` → reconnect after the reboot and relay the new version → end BLE mode.
+login → connect over BLE → check that the device's serial is the id to update → relay the device's
+status → check for an update → confirm → download the .ufw and check it → report ``started`` → push it
+over BLE (docs/ble-ota.md) → report ``completed`` or ``failed`` → reconnect after the reboot and relay the
+new version → end BLE mode.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from typing import Any
 
 import httpx
 
-from bota_ota.sim.ble.central import OtaDisconnectedError, OtaError, OtaTransport, push_image
+from bota_ota.sim.ble.central import (
+    DeviceInfo,
+    OtaDisconnectedError,
+    OtaError,
+    OtaTransport,
+    OtaWrongDeviceError,
+    push_image,
+    wrong_device_message,
+)
 from bota_ota.sim.ble.profile import Result
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,16 @@ Progress = Callable[[int, int], None]
 
 class AppError(Exception):
     pass
+
+
+class WrongDeviceError(AppError):
+    """The phone is connected to another device than the one it was asked to update (its Serial Number
+    String is another id, or missing). Raised before anything is relayed for, or written to, that device."""
+
+    def __init__(self, expected: str, actual: str | None) -> None:
+        super().__init__(wrong_device_message(expected, actual))
+        self.expected = expected
+        self.actual = actual
 
 
 @dataclass
@@ -113,16 +132,30 @@ class ReferenceApp:
         corrupt: bool = False,
         reconnect_timeout_s: float = 30.0,
     ) -> AppOutcome:
-        """Run the whole flow for one device the user owns (``login`` first)."""
+        """Run the whole flow for one device the user owns (``login`` first).
+
+        Raises ``WrongDeviceError`` when the peer's serial is not ``device_id``: checked on every read before
+        its status is relayed (so after every connect, before the first relay) and again by ``push_image``
+        before START.
+        """
         outcome = AppOutcome(outcome="failed")
         relay_task: asyncio.Task[None] | None = None
         stop_relay = asyncio.Event()
+        relayed = False  # BLE mode was (possibly) started on the server: end it when done
+
+        async def read_checked() -> DeviceInfo:
+            info = await transport.read_info()
+            if info.serial != device_id:
+                raise WrongDeviceError(device_id, info.serial)
+            return info
 
         async def read_and_relay() -> dict[str, Any]:
-            info = await transport.read_info()
+            nonlocal relayed
+            info = await read_checked()
             status: dict[str, Any] = {"firmware_version": info.firmware_version, "battery": info.battery}
             if info.recording is not None:
                 status["recording"] = info.recording
+            relayed = True
             reply = await self.relay(device_id, status)
             outcome.relays += 1
             outcome.relay_replies.append(reply)
@@ -134,6 +167,7 @@ class ReferenceApp:
                     await asyncio.wait_for(stop_relay.wait(), timeout=interval_s)
                 if stop_relay.is_set() or not transport.connected:
                     continue
+                # A wrong device (WrongDeviceError, an AppError) is not relayed; push_image refuses it too.
                 with contextlib.suppress(OtaError, AppError, httpx.HTTPError):
                     await read_and_relay()
 
@@ -168,6 +202,7 @@ class ReferenceApp:
                     image,
                     model=model,
                     version=release["version"],
+                    serial=device_id,
                     crc32=release["crc32"],
                     rate_kbps=rate_kbps,
                     on_progress=on_progress,
@@ -178,6 +213,9 @@ class ReferenceApp:
                 outcome.result = "disconnected"
                 await self.report(device_id, offer, "failed", "disconnected")
                 return outcome
+            except OtaWrongDeviceError as exc:  # the link dropped and came back to another device
+                await self.report(device_id, offer, "failed", "wrong_device")
+                raise WrongDeviceError(exc.expected, exc.actual) from exc
             outcome.sent = report.sent
             outcome.elapsed_s = time.monotonic() - started
             outcome.result = report.result.name
@@ -207,5 +245,6 @@ class ReferenceApp:
                 await relay_task
             with contextlib.suppress(Exception):
                 await transport.disconnect()
-            with contextlib.suppress(AppError, httpx.HTTPError):
-                await self.end_ble(device_id)
+            if relayed:
+                with contextlib.suppress(AppError, httpx.HTTPError):
+                    await self.end_ble(device_id)

@@ -33,11 +33,13 @@ def ble_address(index: int) -> str:
 
 
 async def attach_ble(sim: SimDevice, link: VirtualLink, *, index: int, reboot_s: float | None = None) -> BleSimDevice:
-    """Give ``sim`` a Bluetooth radio on ``link`` and start advertising the Bota OTA service."""
+    """Give ``sim`` a Bluetooth radio on ``link`` and start advertising the Bota OTA service. Its Serial Number
+    String is the device's id."""
     device = await link.add_device(ble_address(index), name=f"Bota {sim.device_id}")
     state = DeviceState(
         model=sim.model,
         firmware_version=sim.firmware_version,
+        serial=sim.device_id,
         battery=lambda: sim.battery,
         recording=lambda: sim.recording,
         busy=lambda: sim.state != "idle",

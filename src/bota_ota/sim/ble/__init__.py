@@ -3,7 +3,8 @@
 - ``profile``: UUIDs, opcodes, result codes and byte codecs (stack independent).
 - ``link``: Bumble devices on in-process virtual controllers sharing one ``LocalLink``.
 - ``peripheral``: ``OtaPeripheral``, the device side (GATT server).
-- ``central``: ``OtaTransport`` (interface), ``BumbleOtaTransport`` and ``push_image``, the app side.
+- ``central``: ``OtaTransport`` (interface), ``BumbleOtaTransport``, ``check_serial`` and ``push_image``, the
+  app side.
 """
 
 from bota_ota.sim.ble.central import (
@@ -14,7 +15,9 @@ from bota_ota.sim.ble.central import (
     OtaProtocolError,
     OtaTimeoutError,
     OtaTransport,
+    OtaWrongDeviceError,
     PushReport,
+    check_serial,
     push_image,
 )
 from bota_ota.sim.ble.link import CentralConnection, VirtualLink, VirtualPair, connect_central, virtual_pair
@@ -33,6 +36,7 @@ __all__ = [
     "OtaProtocolError",
     "OtaTimeoutError",
     "OtaTransport",
+    "OtaWrongDeviceError",
     "PeripheralCounters",
     "PushReport",
     "Result",
@@ -40,6 +44,7 @@ __all__ = [
     "Status",
     "VirtualLink",
     "VirtualPair",
+    "check_serial",
     "connect_central",
     "push_image",
     "virtual_pair",

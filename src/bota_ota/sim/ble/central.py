@@ -58,6 +58,7 @@ class DeviceInfo(NamedTuple):
     firmware_version: str
     battery: int | None  # None when the device has no Battery service
     recording: bool | None = None  # None when the device has no Device State characteristic
+    serial: str | None = None  # the device's id (Serial Number String); None when the device has none
 
 
 class OtaError(Exception):
@@ -80,6 +81,30 @@ class OtaTimeoutError(OtaError, TimeoutError):
 
 class OtaProtocolError(OtaError):
     """The device does not speak the profile (missing characteristic, malformed response)."""
+
+
+def wrong_device_message(expected: str, actual: str | None) -> str:
+    if actual is None:
+        return (
+            f"the connected device reports no readable serial (Serial Number String), so it cannot be confirmed to be "
+            f"{expected}: nothing was relayed or sent to it"
+        )
+    return f"wrong device: the phone is connected to {actual}, not to {expected}: nothing was relayed or sent to it"
+
+
+class OtaWrongDeviceError(OtaError):
+    """The peer's serial is not the id of the device the central was asked to update (or it has none)."""
+
+    def __init__(self, expected: str, actual: str | None) -> None:
+        super().__init__(wrong_device_message(expected, actual))
+        self.expected = expected
+        self.actual = actual
+
+
+def check_serial(info: DeviceInfo, expected: str) -> None:
+    """Raise ``OtaWrongDeviceError`` unless the peer's serial is exactly ``expected``."""
+    if info.serial != expected:
+        raise OtaWrongDeviceError(expected, info.serial)
 
 
 @runtime_checkable
@@ -254,7 +279,13 @@ class BumbleOtaTransport:
     # --- reads and notifications --------------------------------------------------------------------
 
     async def read_info(self) -> DeviceInfo:
+        """Read the Serial Number first (what the central checks before anything else), then the rest."""
         peer = self.link.peer
+        serial_value: bytes | None = None
+        information = gatt.GATT_DEVICE_INFORMATION_SERVICE
+        serial = self._find_optional(gatt.GATT_SERIAL_NUMBER_STRING_CHARACTERISTIC, information)
+        if serial is not None:
+            serial_value = bytes(await self._guard(peer.read_value(serial), self.response_timeout))
         model = self._find(gatt.GATT_MODEL_NUMBER_STRING_CHARACTERISTIC, gatt.GATT_DEVICE_INFORMATION_SERVICE)
         firmware = self._find(gatt.GATT_FIRMWARE_REVISION_STRING_CHARACTERISTIC, gatt.GATT_DEVICE_INFORMATION_SERVICE)
         battery = self._find_optional(gatt.GATT_BATTERY_LEVEL_CHARACTERISTIC, gatt.GATT_BATTERY_SERVICE)
@@ -277,6 +308,7 @@ class BumbleOtaTransport:
             firmware_version=bytes(firmware_value).decode("utf-8"),
             battery=battery_level,
             recording=recording,
+            serial=_decode_utf8(serial_value),
         )
 
     async def read_status(self) -> Status:
@@ -375,6 +407,16 @@ class BumbleOtaTransport:
             await asyncio.sleep(0)
 
 
+def _decode_utf8(value: bytes | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        logger.warning("Serial Number String is not UTF-8: %s", value.hex())
+        return None
+
+
 if TYPE_CHECKING:
 
     def _conforms(transport: BumbleOtaTransport) -> OtaTransport:
@@ -413,6 +455,7 @@ async def push_image(
     *,
     model: str,
     version: str,
+    serial: str | None = None,
     crc32: int | None = None,
     rate_kbps: float | None = None,
     on_progress: ProgressCallback | None = None,
@@ -421,9 +464,11 @@ async def push_image(
 ) -> PushReport:
     """Push ``image`` to the device behind ``transport`` and return the outcome.
 
-    Connects if needed, reads the device info, subscribes, STARTs (``crc32`` defaults to the image's),
-    writes chunks of ``max_chunk`` in order, FINISHes. ``rate_kbps`` paces the payload to that many
-    kilobits (1000 bits) per second; None sends as fast as the link's flow control allows.
+    Connects if needed, reads the device info (and, given ``serial``, raises ``OtaWrongDeviceError`` before
+    anything is written when the peer's Serial Number String is not exactly that), subscribes, STARTs
+    (``crc32`` defaults to the image's), writes chunks of ``max_chunk`` in order, FINISHes. ``rate_kbps``
+    paces the payload to that many kilobits (1000 bits) per second; None sends as fast as the link's flow
+    control allows.
     ``on_progress(sent, total)`` runs after each chunk. After FINISH SUCCESS it waits up to
     ``reboot_disconnect_timeout`` for the device to drop the link (to reboot).
 
@@ -451,6 +496,8 @@ async def push_image(
         if not transport.connected:
             await transport.connect()
         info = await transport.read_info()
+        if serial is not None:
+            check_serial(info, serial)
         await transport.subscribe()
         started = time.monotonic()
         result, max_chunk = await transport.start(total, crc, model, version)

@@ -1,10 +1,10 @@
 """The device side of the Bota OTA profile: a GATT peripheral on a Bumble Device.
 
-``OtaPeripheral`` serves Device Information (Model Number, Firmware Revision), Battery and the Bota OTA
-service (with Device State, so the app can relay whether the device is recording), and runs the transfer
-exactly as docs/ble-ota.md says. A simulated device plugs in through ``DeviceState`` (what the device is)
-and three hooks: ``on_connected()``, ``on_disconnected()`` and ``on_applied(version)`` (after the reboot).
-Hooks may be plain functions or coroutine functions.
+``OtaPeripheral`` serves Device Information (Model Number, Serial Number, Firmware Revision), Battery and
+the Bota OTA service (with Device State, so the app can relay whether the device is recording), and runs
+the transfer exactly as docs/ble-ota.md says. A simulated device plugs in through ``DeviceState`` (what
+the device is) and three hooks: ``on_connected()``, ``on_disconnected()`` and ``on_applied(version)``
+(after the reboot). Hooks may be plain functions or coroutine functions.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bumble import data_types, gatt
+from bumble.att import ATT_Error, ErrorCode
 from bumble.core import UUID, AdvertisingData
 from bumble.device import Connection, Device
 from bumble.hci import Role
@@ -53,6 +54,17 @@ Hook = Callable[..., object]
 DEFAULT_MAX_IMAGE_SIZE = 2 * 1024 * 1024
 
 
+def _refuse_write(_connection: Connection, _value: bytes) -> None:
+    raise ATT_Error(ErrorCode.WRITE_NOT_PERMITTED)
+
+
+def _read_only(read: Callable[[Connection], bytes]) -> gatt.CharacteristicValue[bytes]:
+    """The value of a read-only characteristic. Bumble's GATT server does not check permissions: it would
+    store a write into a plain value (a central could overwrite the serial) and leave a write to a value
+    without a write function unanswered. So writes are refused here, with WRITE_NOT_PERMITTED."""
+    return gatt.CharacteristicValue(read=read, write=_refuse_write)
+
+
 @dataclass
 class DeviceState:
     """What the simulated device is. The peripheral reads it on every request and, after applying an
@@ -61,6 +73,9 @@ class DeviceState:
 
     model: str
     firmware_version: str
+    serial: str = field(kw_only=True)
+    """The device's id on the server (e.g. ``BP-000123``), served as the Serial Number String so that the app
+    can check it is connected to the device it was asked to update."""
     battery: int | Callable[[], int] = 100
     recording: bool | Callable[[], bool] = False
     max_image_size: int = DEFAULT_MAX_IMAGE_SIZE
@@ -161,19 +176,25 @@ class OtaPeripheral:
             gatt.GATT_MODEL_NUMBER_STRING_CHARACTERISTIC,
             props.READ,
             readable,
-            gatt.CharacteristicValue(read=lambda _c: self.state.model.encode("utf-8")),
+            _read_only(lambda _c: self.state.model.encode("utf-8")),
+        )
+        self.serial_characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
+            gatt.GATT_SERIAL_NUMBER_STRING_CHARACTERISTIC,
+            props.READ,
+            readable,
+            _read_only(lambda _c: self.state.serial.encode("utf-8")),
         )
         self.firmware_characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
             gatt.GATT_FIRMWARE_REVISION_STRING_CHARACTERISTIC,
             props.READ,
             readable,
-            gatt.CharacteristicValue(read=lambda _c: self.state.firmware_version.encode("utf-8")),
+            _read_only(lambda _c: self.state.firmware_version.encode("utf-8")),
         )
         self.battery_characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
             gatt.GATT_BATTERY_LEVEL_CHARACTERISTIC,
             props.READ | props.NOTIFY,
             readable,
-            gatt.CharacteristicValue(read=lambda _c: bytes([self.state.battery_level()])),
+            _read_only(lambda _c: bytes([self.state.battery_level()])),
         )
         self.control_point_characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
             CONTROL_POINT_UUID,
@@ -191,18 +212,21 @@ class OtaPeripheral:
             STATUS_UUID,
             props.READ | props.NOTIFY,
             readable,
-            gatt.CharacteristicValue(read=lambda _c: encode_status(self.status)),
+            _read_only(lambda _c: encode_status(self.status)),
         )
         self.device_state_characteristic: gatt.Characteristic[bytes] = gatt.Characteristic(
             DEVICE_STATE_UUID,
             props.READ,
             readable,
-            gatt.CharacteristicValue(read=lambda _c: encode_device_state(recording=self.state.is_recording())),
+            _read_only(lambda _c: encode_device_state(recording=self.state.is_recording())),
         )
         self.device.add_services(
             [
+                # Built here rather than with bumble.profiles.device_information_service, whose values are
+                # fixed at construction: the Firmware Revision changes when an update is applied.
                 gatt.Service(
-                    gatt.GATT_DEVICE_INFORMATION_SERVICE, [self.model_characteristic, self.firmware_characteristic]
+                    gatt.GATT_DEVICE_INFORMATION_SERVICE,
+                    [self.model_characteristic, self.serial_characteristic, self.firmware_characteristic],
                 ),
                 gatt.Service(gatt.GATT_BATTERY_SERVICE, [self.battery_characteristic]),
                 gatt.Service(

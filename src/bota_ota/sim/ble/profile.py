@@ -16,6 +16,8 @@ from typing import Final
 
 DEVICE_INFORMATION_SERVICE_UUID16: Final = 0x180A
 MODEL_NUMBER_STRING_UUID16: Final = 0x2A24
+SERIAL_NUMBER_STRING_UUID16: Final = 0x2A25
+"""The device's serial: its id on the server (e.g. ``BP-000123``), UTF-8, the whole value."""
 FIRMWARE_REVISION_STRING_UUID16: Final = 0x2A26
 BATTERY_SERVICE_UUID16: Final = 0x180F
 BATTERY_LEVEL_UUID16: Final = 0x2A19
