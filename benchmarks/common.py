@@ -175,7 +175,7 @@ def serve_args(port: int, workers: int, data_dir: Path) -> list[str]:
         "--workers",
         str(workers),
         "--log-level",
-        "warning",
+        os.environ.get("BENCH_LOG_LEVEL", "warning"),
         "--data-dir",
         str(data_dir),
     ]
