@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.sim.conftest import SimServer
@@ -82,6 +84,23 @@ def test_register_assign_simulate_until_done(sim_server: SimServer, tmp_path: Pa
     assert len(sim_server.api.get("/api/v1/devices", params={"q": "SIM-PIN-"}).json()) == 6
     applied = sim_server.api.get("/api/v1/assignments", params={"status": "applied"})
     assert applied.headers["X-Total-Count"] == "6"
+
+    # Tokens lost (another state file): the same six devices get new tokens by rotation, not new ids.
+    lost = [a if a != str(tmp_path / "st.json") else str(tmp_path / "other.json") for a in common]
+    rotated = run("simulate", "--devices", "6", "--register-only", *lost, env=env)
+    assert rotated.returncode == 0, rotated.stderr
+    assert len(sim_server.api.get("/api/v1/devices", params={"q": "SIM-PIN-"}).json()) == 6
+    old = json.loads((tmp_path / "st.json").read_text())["tokens"]
+    new = json.loads((tmp_path / "other.json").read_text())["tokens"]
+    assert old.keys() == new.keys() and not set(old.values()) & set(new.values())
+    beat = {"firmware_version": "v3.0.0"}
+    heartbeat = f"{sim_server.url}/api/device/v1/heartbeat"
+    assert (
+        httpx.post(heartbeat, json=beat, headers={"Authorization": f"Bearer {new['SIM-PIN-00001']}"}).status_code == 200
+    )
+    assert (
+        httpx.post(heartbeat, json=beat, headers={"Authorization": f"Bearer {old['SIM-PIN-00001']}"}).status_code == 401
+    )
 
 
 def test_assign_from_a_file_counts_each_outcome(sim_server: SimServer, tmp_path: Path) -> None:
