@@ -35,6 +35,7 @@ from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.device_api import router as device_router
 from bota_ota.ota.device_cache import DeviceCache
 from bota_ota.ota.fast_path import HeartbeatFastPath
+from bota_ota.ota.write_batch import WriteBatcher
 from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
@@ -68,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store=make_blob_store(settings),
         device_cache=cache,
     )
+    if ctx.sqlite:
+        ctx.write_batcher = WriteBatcher(ctx.sessions, ctx.write_admission)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -59,6 +59,8 @@ class BackgroundWork:
         ]
         if self.ctx.device_cache.enabled:
             self._tasks.append(asyncio.create_task(self._feed_loop(), name="bota-ota change feed"))
+        if self.ctx.write_batcher is not None:
+            self._tasks.append(asyncio.create_task(self.ctx.write_batcher.run(), name="bota-ota heartbeat writes"))
 
     async def stop(self) -> None:
         """Stop the loops, then write what is still buffered (graceful shutdown: SIGTERM, Ctrl-C)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,6 +21,9 @@ from bota_ota.devices.telemetry import TelemetryBuffer
 from bota_ota.errors import Forbidden, Unauthorized
 from bota_ota.ota.device_cache import DeviceCache
 from bota_ota.storage import BlobStore
+
+if TYPE_CHECKING:
+    from bota_ota.ota.write_batch import WriteBatcher
 
 
 @dataclass
@@ -37,6 +40,8 @@ class AppContext:
     device_cache: DeviceCache = field(default_factory=DeviceCache)
     write_gate: asyncio.Lock = field(default_factory=asyncio.Lock)
     db_slots: asyncio.Semaphore = field(init=False)
+    # SQLite only: heartbeats that write are committed in groups (ota/write_batch.py).
+    write_batcher: WriteBatcher | None = None
 
     def __post_init__(self) -> None:
         pool = self.engine.pool
@@ -51,6 +56,12 @@ class AppContext:
     def db_write_gate(self) -> contextlib.AbstractAsyncContextManager[object]:
         """The write gate on SQLite; nothing to wait for on PostgreSQL."""
         return self.write_gate if self.sqlite else contextlib.nullcontext()
+
+    @contextlib.asynccontextmanager
+    async def write_admission(self) -> AsyncIterator[None]:
+        """What every writer waits for, in this order: the write gate (SQLite), then a database slot."""
+        async with self.db_write_gate(), self.db_slots:
+            yield
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -58,6 +58,7 @@ async def answer_heartbeat(
         signer=ManifestSigner(store=ctx.store, base_url=base_url_of_request, ttl_s=settings.signed_url_ttl_s),
         buffer=ctx.telemetry,
         interval_s=settings.heartbeat_interval_s,
+        received_at=utcnow(),
     )
     cache = ctx.device_cache
     snapshot = cache.get(token_hash)
@@ -68,16 +69,18 @@ async def answer_heartbeat(
         if snapshot is None:
             raise Unauthorized("the device token is unknown (rotated or never issued)")
         cache.put(token_hash, snapshot, generation)
-    reply = routine_reply(snapshot, call, utcnow())
+    reply = routine_reply(snapshot, call, call.received_at)
     if reply is not None:
         return reply
+    batcher = ctx.write_batcher
+    if batcher is not None and batcher.running:
+        return await batcher.submit(call)  # SQLite: committed together with the others waiting
 
     def write() -> HeartbeatReply:
         with ctx.sessions() as session, session.begin():
-            return heartbeat_with_writes(session, call, utcnow())
+            return heartbeat_with_writes(session, call, call.received_at)
 
-    # Same order as every other writer (DatabaseAdmissionMiddleware): the write gate, then a slot.
-    async with ctx.db_write_gate(), ctx.db_slots:
+    async with ctx.write_admission():
         return await run_in_threadpool(write)
 
 

@@ -208,6 +208,7 @@ class HeartbeatCall:
     signer: ManifestSigner
     buffer: TelemetryBuffer
     interval_s: int
+    received_at: datetime  # "now" for both steps, whenever the write step runs
 
     def reading(self, now: datetime) -> PendingTelemetry:
         return PendingTelemetry(seen_at=now, battery=self.hb.battery, network=self.hb.network, rssi=self.hb.rssi)
