@@ -308,3 +308,31 @@ def test_a_full_buffer_is_written_before_its_interval(admin: ApiClient, app: Any
         heartbeat(admin.client, dev["token"], battery=21)
     for dev in devices:
         _wait_until_written(admin, dev["id"], 21)
+
+
+def test_a_percentage_is_written_behind_but_a_new_state_at_once(
+    admin: ApiClient, app: Any, known_device: dict[str, Any], statements: Statements
+) -> None:
+    release = admin.release(version="v1.0.1")
+    aid = admin.assign(known_device["id"], release["id"]).json()["id"]
+    heartbeat(admin.client, known_device["token"])  # delivered
+    report = {"assignment_id": aid, "state": "downloading", "progress": 10}
+    heartbeat(admin.client, known_device["token"], ota=report)  # a new state: at once, with an event
+    assert admin.get(f"/api/v1/assignments/{aid}").json()["progress"] == 10
+    statements.clear()
+    for progress in (20, 30, 40):
+        heartbeat(admin.client, known_device["token"], ota={**report, "progress": progress})
+    assert statements.writes == []
+    assert _flush(admin.client, app) == 1
+    got = admin.get(f"/api/v1/assignments/{aid}").json()
+    assert (got["ota_state"], got["progress"]) == ("downloading", 40)
+    assert [e["kind"] for e in got["events"]].count("progress") == 1
+    heartbeat(admin.client, known_device["token"], ota={**report, "state": "verifying", "progress": 100})
+    got = admin.get(f"/api/v1/assignments/{aid}").json()
+    assert (got["ota_state"], got["progress"]) == ("verifying", 100)
+    # A late flush of an old percentage never moves the assignment back to downloading.
+    write_telemetry(
+        app.state.ctx.engine,
+        {known_device["id"]: PendingTelemetry(seen_at=datetime.now(UTC), ota=(aid, "downloading", 50))},
+    )
+    assert admin.get(f"/api/v1/assignments/{aid}").json()["ota_state"] == "verifying"

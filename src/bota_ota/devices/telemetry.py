@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from bota_ota.db import UTCDateTime
 from bota_ota.devices.models import Device
+from bota_ota.ota.models import Assignment
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,19 @@ class PendingTelemetry:
     battery: int | None = None
     network: str | None = None
     rssi: int | None = None
+    # A download's percentage moving within the same reported state: (assignment id, state, progress).
+    ota: tuple[str, str, int | None] | None = None
 
     def merged_over(self, older: PendingTelemetry) -> PendingTelemetry:
         """This (newer) reading on top of an older one: omitted fields keep their older value."""
-        if self.battery is not None and self.network is not None and self.rssi is not None:
-            return self  # the common case, on the heartbeat's hot path: nothing to merge
+        if self.battery is not None and self.network is not None and self.rssi is not None and self.ota is not None:
+            return self  # nothing to merge
         return PendingTelemetry(
             seen_at=self.seen_at,
             battery=self.battery if self.battery is not None else older.battery,
             network=self.network if self.network is not None else older.network,
             rssi=self.rssi if self.rssi is not None else older.rssi,
+            ota=self.ota if self.ota is not None else older.ota,
         )
 
 
@@ -112,6 +116,19 @@ _FLUSH = (
 )
 
 
+# Progress percentages: only onto the same delivered assignment in the same state, and only forward in time.
+_FLUSH_PROGRESS = (
+    update(Assignment)
+    .where(
+        Assignment.id == bindparam("b_aid"),
+        Assignment.status == "delivered",
+        Assignment.ota_state == bindparam("b_state"),
+        or_(Assignment.progress_at.is_(None), Assignment.progress_at < bindparam("b_at", type_=UTCDateTime)),
+    )
+    .values(progress=bindparam("b_progress"), progress_at=bindparam("b_at", type_=UTCDateTime))
+)
+
+
 def write_telemetry(engine: Engine, entries: dict[str, PendingTelemetry]) -> int:
     """Write buffered readings in batched UPDATEs (executemany), in device-id order so that two instances
     flushing overlapping devices take row locks in the same order and cannot deadlock. Returns rows written."""
@@ -119,9 +136,20 @@ def write_telemetry(engine: Engine, entries: dict[str, PendingTelemetry]) -> int
         {"b_id": device_id, "b_seen_at": r.seen_at, "b_battery": r.battery, "b_network": r.network, "b_rssi": r.rssi}
         for device_id, r in sorted(entries.items())
     ]
+    progress = sorted(
+        (
+            {"b_aid": r.ota[0], "b_state": r.ota[1], "b_progress": r.ota[2], "b_at": r.seen_at}
+            for r in entries.values()
+            if r.ota
+        ),
+        key=lambda row: str(row["b_aid"]),
+    )
     written = 0
     for start in range(0, len(rows), FLUSH_BATCH_ROWS):
         with engine.begin() as conn:
             result = conn.execute(_FLUSH, rows[start : start + FLUSH_BATCH_ROWS])
             written += max(result.rowcount, 0)
+    for start in range(0, len(progress), FLUSH_BATCH_ROWS):
+        with engine.begin() as conn:
+            conn.execute(_FLUSH_PROGRESS, progress[start : start + FLUSH_BATCH_ROWS])
     return written

@@ -18,6 +18,7 @@ problem documents as everywhere else (``errors.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -72,6 +73,8 @@ async def answer_heartbeat(
     reply = routine_reply(snapshot, call, call.received_at)
     if reply is not None:
         return reply
+    if snapshot.assignment is not None and snapshot.bin is not None:
+        call = dataclasses.replace(call, known_bin=(snapshot.assignment.release_id, snapshot.bin))
     batcher = ctx.write_batcher
     if batcher is not None and batcher.running:
         return await batcher.submit(call)  # SQLite: committed together with the others waiting

@@ -115,10 +115,17 @@ class Plan:
     # none: no active assignment · apply / fail: final · hold: no manifest while verifying/writing/rebooting
     # defer: recording · deliver: pending → delivered · redeliver: manifest again, recorded because the last
     # recorded URL has expired · resend: manifest again with a fresh URL, nothing recorded
+    # Only the percentage moved, within the same state: written behind with the telemetry (no event either
+    # way), unless the heartbeat writes anyway.
+    progress_only: bool = False
 
     @property
     def writes(self) -> bool:
-        return self.material or self.progress is not None or self.outcome in _RECORDED_OUTCOMES
+        return (
+            self.material
+            or (self.progress is not None and not self.progress_only)
+            or self.outcome in _RECORDED_OUTCOMES
+        )
 
 
 def material_change(device: DeviceState, hb: Heartbeat) -> bool:
@@ -140,22 +147,24 @@ def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: 
         return Plan(material, None, "apply")
     report = hb.ota if hb.ota is not None and hb.ota.assignment_id == assignment.id else None
     progress = None
+    only = False
     if report is not None and assignment.status == "delivered":
         if report.state == "failed":
             return Plan(material, None, "fail")
         if (report.state, report.progress) != (assignment.ota_state, assignment.progress):
             progress = report
+            only = report.state == assignment.ota_state
         if report.state in _NO_MANIFEST_STATES:
-            return Plan(material, progress, "hold")
+            return Plan(material, progress, "hold", only)
     if hb.recording:
-        return Plan(material, progress, "defer")
+        return Plan(material, progress, "defer", only)
     if assignment.status == "pending":
-        return Plan(material, progress, "deliver")
+        return Plan(material, progress, "deliver", only)
     if report is None and (assignment.delivery_expires_at is None or now >= assignment.delivery_expires_at):
         # The device is not working on it and the last recorded URL is dead: worth an event. Heartbeats in
         # between get a fresh URL too, but recording each of them would only add noise.
-        return Plan(material, progress, "redeliver")
-    return Plan(material, progress, "resend")
+        return Plan(material, progress, "redeliver", only)
+    return Plan(material, progress, "resend", only)
 
 
 def _reply(
@@ -209,9 +218,18 @@ class HeartbeatCall:
     buffer: TelemetryBuffer
     interval_s: int
     received_at: datetime  # "now" for both steps, whenever the write step runs
+    # The .bin the read step found for this release (releases never change their files): the write step
+    # signs a delivery with it instead of loading the release again.
+    known_bin: tuple[str, BinRef] | None = None
 
-    def reading(self, now: datetime) -> PendingTelemetry:
-        return PendingTelemetry(seen_at=now, battery=self.hb.battery, network=self.hb.network, rssi=self.hb.rssi)
+    def reading(self, now: datetime, progress: OtaReport | None = None) -> PendingTelemetry:
+        return PendingTelemetry(
+            seen_at=now,
+            battery=self.hb.battery,
+            network=self.hb.network,
+            rssi=self.hb.rssi,
+            ota=(progress.assignment_id, progress.state, progress.progress) if progress is not None else None,
+        )
 
 
 # The read step in one statement: SQLAlchemy Core (no ORM identity map or attribute instrumentation on the
@@ -280,7 +298,7 @@ def routine_reply(snapshot: DeviceSnapshot, call: HeartbeatCall, now: datetime) 
     if plan.writes:
         return None
     reply = _reply(snapshot.assignment, snapshot.bin, plan, call.signer, call.interval_s)
-    call.buffer.add(snapshot.id, call.reading(now))
+    call.buffer.add(snapshot.id, call.reading(now, plan.progress))  # plan.progress: a percentage only
     return reply
 
 
@@ -299,10 +317,13 @@ def heartbeat_with_writes(session: Session, call: HeartbeatCall, now: datetime) 
     apply_telemetry(device, hb, via_ble=False, now=now, pending=call.buffer.peek(device.id))
     bin_ref = None
     if assignment is not None and plan.outcome in _MANIFEST_OUTCOMES:
-        release = session.get(Release, assignment.release_id)
-        artifact = release.artifact("bin") if release else None
-        if artifact is not None:
-            bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
+        if call.known_bin is not None and call.known_bin[0] == assignment.release_id:
+            bin_ref = call.known_bin[1]
+        else:
+            release = session.get(Release, assignment.release_id)
+            artifact = release.artifact("bin") if release else None
+            if artifact is not None:
+                bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
     reply = _reply(assignment, bin_ref, plan, call.signer, call.interval_s)
     if assignment is not None:
         _record(assignment, hb, plan, reply.ota, now)
