@@ -238,6 +238,46 @@ def test_fleet_list_bad_status_is_422(admin: ApiClient, status: str) -> None:
     assert body["errors"][0]["field"] in ("query.status", "status")
 
 
+def test_fleet_list_filters_by_release_alone_and_with_status(admin: ApiClient) -> None:
+    old, new = admin.release("v1.0.1"), admin.release("v1.0.2")
+    devices = [admin.device() for _ in range(5)]
+    made = [admin.assign(d["id"], old["id"]).json() for d in devices[:3]]
+    made += [admin.assign(d["id"], new["id"]).json() for d in devices[3:]]
+    heartbeat(admin.client, devices[0]["token"])  # old: delivered
+    heartbeat(admin.client, devices[3]["token"])  # new: delivered
+    heartbeat(admin.client, devices[3]["token"], firmware_version="v1.0.2")  # ... then applied
+    # old: delivered, pending, pending; new: applied, pending
+    expected = {
+        (old["id"], None): [made[0], made[1], made[2]],
+        (old["id"], "pending"): [made[1], made[2]],
+        (old["id"], "delivered"): [made[0]],
+        (old["id"], "applied"): [],
+        (new["id"], None): [made[3], made[4]],
+        (new["id"], "pending"): [made[4]],
+        (new["id"], "applied"): [made[3]],
+        (new["id"], "delivered"): [],
+        ("0" * 32, None): [],
+        ("0" * 32, "pending"): [],
+    }
+    for (release_id, status), assignments in expected.items():
+        params = {"release_id": release_id} | ({"status": status} if status else {})
+        r = admin.get("/api/v1/assignments", params=params)
+        assert r.status_code == 200, r.text
+        assert sorted(a["id"] for a in r.json()) == sorted(a["id"] for a in assignments), params
+        assert r.headers["X-Total-Count"] == str(len(assignments)), params
+        assert all(a["release_id"] == release_id for a in r.json())
+    one_by_one = {"release_id": old["id"], "limit": 1}
+    pages = [admin.get("/api/v1/assignments", params=one_by_one | {"offset": i}) for i in range(3)]
+    assert sorted(a["id"] for p in pages for a in p.json()) == sorted(a["id"] for a in made[:3])
+    assert {p.headers["X-Total-Count"] for p in pages} == {"3"}
+    assert admin.get("/api/v1/assignments").headers["X-Total-Count"] == "5"
+
+
+@pytest.mark.parametrize("release_id", ["", "x" * 65])
+def test_fleet_list_bad_release_id_is_422(admin: ApiClient, release_id: str) -> None:
+    assert_problem(admin.get("/api/v1/assignments", params={"release_id": release_id}), 422, "query.release_id")
+
+
 # ---- event history -----------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,7 @@ def test_register_assign_simulate_until_done(sim_server: SimServer, tmp_path: Pa
     assert first.returncode == 0, first.stderr
     assert "bota-ota simulator — 6 devices" in first.stdout
     assert "device state" in first.stdout and "assignment status" in first.stdout
+    assert "assignments (server-wide)" in first.stdout
     assert "Simulation summary" in first.stdout
     devices = sim_server.api.get("/api/v1/devices", params={"q": "SIM-PIN-"}).json()
     assert len(devices) == 6
@@ -103,6 +105,29 @@ def test_register_assign_simulate_until_done(sim_server: SimServer, tmp_path: Pa
     )
 
 
+def test_simulate_release_until_done_ignores_other_releases(sim_server: SimServer, tmp_path: Path) -> None:
+    env = {**sim_server.proc.env, "COLUMNS": "160"}
+    common = ["--server", sim_server.url, "--api-token", sim_server.token, "--prefix", "REL", "--devices", "3"]
+    common += ["--state-file", str(tmp_path / "st.json"), "--flash-dir", str(tmp_path / "flash"), "--reboot-s", "0.3"]
+    registered = run("simulate", "--register-only", *common, env=env)
+    assert registered.returncode == 0, registered.stderr
+    ours, theirs = sim_server.release("v4.0.0", size=50_000), sim_server.release("v4.1.0", size=50_000)
+    mine = sim_server.assign_all(["REL-PIN-00001", "REL-PIN-00002", "REL-PIN-00003"], ours["id"])
+    # A device outside the simulated fleet: its assignment of another release stays pending throughout.
+    assert sim_server.api.post("/api/v1/devices", json={"id": "ELSE-PIN-1", "model": "bota-pin"}).status_code == 201
+    [pending] = sim_server.assign_all(["ELSE-PIN-1"], theirs["id"]).values()
+
+    # --duration only as a backstop: --until-done must end the run well before it (the live view is on).
+    done = run("simulate", "--until-done", "--release", ours["id"], "--duration", "25", *common, env=env)
+    assert done.returncode == 0, done.stderr
+    wall = re.search(r"wall time\s*│\s*([\d.]+) s", done.stdout)
+    assert wall is not None and float(wall.group(1)) < 24, done.stdout
+    assert "assignments (release v4.0.0)" in done.stdout
+    assert "v4.0.0: 3" in done.stdout
+    assert sim_server.statuses(list(mine.values())) == dict.fromkeys(mine.values(), "applied")
+    assert sim_server.assignment(pending)["status"] == "pending"
+
+
 def test_assign_from_a_file_counts_each_outcome(sim_server: SimServer, tmp_path: Path) -> None:
     env = {**sim_server.proc.env, "COLUMNS": "160"}
     for device_id, model in (("F-PIN-1", "bota-pin"), ("F-PIN-2", "bota-pin"), ("F-NOTE-1", "bota-note")):
@@ -146,6 +171,9 @@ def test_simulate_refuses_bad_faults_and_tokens(sim_server: SimServer) -> None:
     unknown = run("simulate", "--server", sim_server.url, "--api-token", "bota_at_nope", env=env)
     assert unknown.returncode == 2
     assert "401" in unknown.stderr
+    nope = run("simulate", "--server", sim_server.url, "--api-token", sim_server.token, "--release", "0" * 32, env=env)
+    assert nope.returncode == 2
+    assert "--release" in nope.stderr and "404" in nope.stderr
     both = run("assign", "--server", sim_server.url, "--api-token", sim_server.token, "--release", "x", env=env)
     assert both.returncode == 2
     assert "exactly one of --model or --devices" in both.stderr

@@ -32,12 +32,12 @@ def _default_state_file(server: str, prefix: str, model: str) -> Path:
     return Path.home() / ".cache" / "bota-ota" / f"sim-{safe}-{prefix}-{MODEL_CODES[model]}.json"
 
 
-def _view(fleet: Fleet, statuses: dict[str, int], started: float) -> Table:
+def _view(fleet: Fleet, statuses: dict[str, int], started: float, scope: str) -> Table:
     table = Table(title=f"bota-ota simulator — {len(fleet.devices)} devices, {time.monotonic() - started:.0f}s")
     table.add_column("device state")
     table.add_column("devices", justify="right")
     table.add_column("assignment status")
-    table.add_column("assignments", justify="right")
+    table.add_column(f"assignments ({scope})", justify="right")
     states = fleet.states()
     for i in range(max(len(STATES), len(STATUSES))):
         s = STATES[i] if i < len(STATES) else ""
@@ -50,6 +50,25 @@ def _view(fleet: Fleet, statuses: dict[str, int], started: float) -> Table:
         f"{stats.bytes / 1e6:.1f} MB"
     )
     return table
+
+
+def _count_scope(mgmt: MgmtClient, release: str | None, model: str) -> str:
+    """What the assignment counts cover, for the live view's heading: the server, or one release of the
+    simulated model (checked here, so a typo fails at once instead of counting nothing)."""
+    if release is None:
+        return "server-wide"
+    try:
+        rel = mgmt.get_release(release)
+    except MgmtError as exc:
+        err_console.print(f"[red]error:[/red] --release: {exc}")
+        raise typer.Exit(2) from None
+    if rel["model"] != model:
+        err_console.print(
+            f"[red]error:[/red] --release {release} is {rel['version']} for {rel['model']}, "
+            f"but the simulated devices are {model}"
+        )
+        raise typer.Exit(2)
+    return f"release {rel['version']}"
 
 
 def summary_table(fleet: Fleet, wall_s: float) -> Table:
@@ -91,8 +110,19 @@ def simulate(
     reboot_s: Annotated[float, typer.Option(help="Seconds a reboot takes (no heartbeats meanwhile).")] = 3.0,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     until_done: Annotated[
-        bool, typer.Option(help="Stop once no assignment is pending or delivered and every device is idle.")
+        bool,
+        typer.Option(
+            help="Stop once no assignment is pending or delivered (of --release, if given) and every device is idle."
+        ),
     ] = False,
+    release: Annotated[
+        str | None,
+        typer.Option(
+            "--release",
+            help="Release id: count (and wait for, with --until-done) only this release's assignments, "
+            "instead of every assignment on the server.",
+        ),
+    ] = None,
     flash_dir: Annotated[Path, typer.Option(help="Where the devices' flash images go.")] = Path("sim-flash"),
     state_file: Annotated[
         Path | None, typer.Option(help="Where device tokens are kept for reuse (default under ~/.cache/bota-ota).")
@@ -136,6 +166,7 @@ def simulate(
     except Exception as exc:
         err_console.print(f"[red]error:[/red] cannot reach {config.server}: {exc}")
         raise typer.Exit(2) from None
+    scope = _count_scope(mgmt, release, model)
     try:
         asyncio.run(
             _simulate(
@@ -146,6 +177,8 @@ def simulate(
                 until_done=until_done,
                 live=live,
                 register_only=register_only,
+                release_id=release,
+                scope=scope,
             )
         )
     finally:
@@ -161,6 +194,8 @@ async def _simulate(
     until_done: bool,
     live: bool,
     register_only: bool = False,
+    release_id: str | None = None,
+    scope: str = "server-wide",
 ) -> None:
     with Progress(
         TextColumn("registering devices"),
@@ -186,14 +221,18 @@ async def _simulate(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, fleet.stop)
         runner = asyncio.create_task(fleet.run())
-        live_view = Live(_view(fleet, statuses, started), console=console, refresh_per_second=2) if live else None
+        live_view = (
+            Live(_view(fleet, statuses, started, scope), console=console, refresh_per_second=2) if live else None
+        )
         with live_view or contextlib.nullcontext():
             while not fleet.stop_event.is_set():
                 with contextlib.suppress(Exception):
-                    counts = await asyncio.gather(*(asyncio.to_thread(mgmt.count_assignments, s) for s in STATUSES))
+                    counts = await asyncio.gather(
+                        *(asyncio.to_thread(mgmt.count_assignments, s, release_id=release_id) for s in STATUSES)
+                    )
                     statuses.update(zip(STATUSES, counts, strict=True))
                 if live_view is not None:
-                    live_view.update(Group(_view(fleet, statuses, started)))
+                    live_view.update(Group(_view(fleet, statuses, started, scope)))
                 elapsed = time.monotonic() - started
                 if duration is not None and elapsed >= duration:
                     break

@@ -58,8 +58,12 @@ class MgmtClient:
     def assign(self, device_id: str, release_id: str) -> httpx.Response:
         return self.http.post(f"/api/v1/devices/{device_id}/assignments", json={"release_id": release_id})
 
-    def count_assignments(self, status: str) -> int:
-        r = self._check(self.http.get("/api/v1/assignments", params={"status": status, "limit": 1}))
+    def count_assignments(self, status: str, *, release_id: str | None = None) -> int:
+        """Assignments with this status: on the whole server, or only those of one release."""
+        params: dict[str, Any] = {"status": status, "limit": 1}
+        if release_id:
+            params["release_id"] = release_id
+        r = self._check(self.http.get("/api/v1/assignments", params=params))
         return int(r.headers.get("X-Total-Count", "0"))
 
     def assignment_statuses(self, assignment_ids: list[str]) -> dict[str, str]:
