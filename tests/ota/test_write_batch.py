@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bota_ota.db import utcnow
+from bota_ota.devices.changes import FeedPosition, read_changes
 from bota_ota.errors import Unauthorized
 from bota_ota.ota.heartbeat import HeartbeatCall, ManifestSigner
 from bota_ota.ota.schemas import Heartbeat, HeartbeatReply
@@ -72,8 +73,14 @@ def test_one_failing_heartbeat_does_not_fail_its_batch(admin: ApiClient, app: An
             received_at=utcnow(),
         )
 
+    other = admin.device()
+    position = FeedPosition()
+    read_changes(ctx.engine, position)
     with ctx.sessions() as session, session.begin():
-        results = write_batch(session, [call("bota_dt_unknown"), call(good["token"])])
+        results = write_batch(session, [call(other["token"]), call("bota_dt_unknown"), call(good["token"])])
+    # The failed savepoint rolled back alone: both devices' changes are in the feed, each named once.
+    assert read_changes(ctx.engine, position) == {good["id"], other["id"]}
+    results = results[1:]
     assert isinstance(results[0], Unauthorized)
     assert isinstance(results[1], HeartbeatReply)
     got = admin.get(f"/api/v1/devices/{good['id']}").json()

@@ -95,6 +95,8 @@ def _after_flush(session: Session, _flush_context: Any) -> None:
 
 
 def _before_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a SAVEPOINT released: the rows go with the real COMMIT
     session.flush()  # the last flush happens after this hook otherwise; its changes count too
     ids: set[str] | None = session.info.get(_PENDING_KEY)
     if not ids:
@@ -110,10 +112,17 @@ def _before_commit(session: Session) -> None:
 
 
 def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
     ids: set[str] | None = session.info.pop("bota_ota.committing_devices", None)
     callback: Callable[[set[str]], None] | None = session.info.get(_ON_COMMIT_KEY)
     if ids and callback is not None:
         callback(ids)
+
+
+def _after_soft_rollback(session: Session, _previous: Any) -> None:
+    if not session.in_transaction():  # the whole transaction, not one SAVEPOINT of it
+        _after_rollback(session)
 
 
 def _after_rollback(session: Session) -> None:
@@ -126,7 +135,7 @@ def record_changes_on(target: Any) -> None:
     event.listen(target, "after_flush", _after_flush)
     event.listen(target, "before_commit", _before_commit)
     event.listen(target, "after_commit", _after_commit)
-    event.listen(target, "after_soft_rollback", lambda session, _tx: _after_rollback(session))
+    event.listen(target, "after_soft_rollback", _after_soft_rollback)
 
 
 # Every ORM session of every process (server, workers, CLI) records its device changes.
