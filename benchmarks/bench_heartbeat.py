@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from typing import Any
 
@@ -63,7 +64,8 @@ def measure(server: Server, opts: Options, devices: int, db_pid: int | None = No
     # Warm-up until every device has sent one heartbeat (one wrk thread walks all of them in ``devices``
     # requests): the steady state of a server that has been up for one interval, its device cache filled.
     warmup: list[dict[str, Any]] = []
-    while sum(w["requests"] for w in warmup) < devices and len(warmup) < 8:
+    warm_until = time.monotonic() + (20 if opts.quick else 240)
+    while sum(w["requests"] for w in warmup) < devices and time.monotonic() < warm_until:
         warm = run_wrk(url, duration_s=2 if opts.quick else 5, connections=CONNECTIONS, script=script, env=env)
         warmup.append(warm.as_dict())
     window = CpuWindow.start(**pids)

@@ -83,6 +83,8 @@ def _sqlite_begin(conn: Any) -> None:
     # the write lock up front; read-only requests opt out with execution_options(sqlite_begin="DEFERRED").
     # Write requests of one process queue before they get here (deps.SqliteWriteGateMiddleware).
     mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    if mode == "NONE":
+        return  # a single read statement, atomic on its own: SQLite's autocommit mode, no BEGIN round trip
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 

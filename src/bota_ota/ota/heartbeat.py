@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import and_, bindparam, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, lazyload
 
@@ -232,6 +232,8 @@ class HeartbeatCall:
         )
 
 
+_ACTIVE_SQL = "(" + ", ".join(f"'{status}'" for status in ACTIVE_STATUSES) + ")"
+
 # The read step in one statement: SQLAlchemy Core (no ORM identity map or attribute instrumentation on the
 # hot path), compiled once and cached by the engine.
 _SNAPSHOT = (
@@ -254,15 +256,17 @@ _SNAPSHOT = (
         Artifact.sha256,
     )
     .select_from(Device)
-    .outerjoin(Assignment, and_(Assignment.device_id == Device.id, Assignment.status.in_(ACTIVE_STATUSES)))
-    .outerjoin(Artifact, and_(Artifact.release_id == Assignment.release_id, Artifact.kind == "bin"))
+    # Constants as SQL literals: an expanding IN parameter is re-rendered on every execution (a fifth of
+    # this read's time on SQLite).
+    .outerjoin(Assignment, and_(Assignment.device_id == Device.id, text(f"assignments.status IN {_ACTIVE_SQL}")))
+    .outerjoin(Artifact, and_(Artifact.release_id == Assignment.release_id, text("artifacts.kind = 'bin'")))
     .where(Device.token_hash == bindparam("token_hash"))
 )
 
 
 def read_snapshot(engine: Engine, token_hash: str) -> DeviceSnapshot | None:
     """The device with this token, its active assignment and that release's .bin; None: unknown token."""
-    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
+    with engine.connect().execution_options(sqlite_begin="NONE") as conn:
         row = conn.execute(_SNAPSHOT, {"token_hash": token_hash}).first()
     if row is None:
         return None
