@@ -65,8 +65,10 @@ def measure(server: Server, opts: Options, devices: int, db_pid: int | None = No
     # requests): the steady state of a server that has been up for one interval, its device cache filled.
     warmup: list[dict[str, Any]] = []
     warm_until = time.monotonic() + (20 if opts.quick else 240)
-    while sum(w["requests"] for w in warmup) < devices and time.monotonic() < warm_until:
-        warm = run_wrk(url, duration_s=2 if opts.quick else 5, connections=CONNECTIONS, script=script, env=env)
+    while (done := sum(w["requests"] for w in warmup)) < devices and time.monotonic() < warm_until:
+        # Each run continues the previous one's walk (BENCH_START), so `devices` requests visit every device.
+        start = {**env, "BENCH_START": str(done * 7919)}  # lua/heartbeat.lua's stride
+        warm = run_wrk(url, duration_s=2 if opts.quick else 5, connections=CONNECTIONS, script=script, env=start)
         warmup.append(warm.as_dict())
     window = CpuWindow.start(**pids)
     wrk = run_wrk(url, duration_s=opts.heartbeat_s, connections=CONNECTIONS, script=script, env=env)

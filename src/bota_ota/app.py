@@ -35,6 +35,7 @@ from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.device_api import router as device_router
 from bota_ota.ota.device_cache import DeviceCache
 from bota_ota.ota.fast_path import HeartbeatFastPath
+from bota_ota.ota.heartbeat import InlineSnapshotReader
 from bota_ota.ota.write_batch import WriteBatcher
 from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if ctx.sqlite:
         ctx.write_batcher = WriteBatcher(ctx.sessions, ctx.write_admission)
+        ctx.inline_reader = InlineSnapshotReader(engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # uvicorn gets here after the last request has finished: nothing more will be buffered.
             await background.stop()
+            if ctx.inline_reader is not None:
+                ctx.inline_reader.close()
             engine.dispose()
 
     app = FastAPI(

@@ -23,6 +23,7 @@ from bota_ota.ota.device_cache import DeviceCache
 from bota_ota.storage import BlobStore
 
 if TYPE_CHECKING:
+    from bota_ota.ota.heartbeat import InlineSnapshotReader
     from bota_ota.ota.write_batch import WriteBatcher
 
 
@@ -42,6 +43,8 @@ class AppContext:
     db_slots: asyncio.Semaphore = field(init=False)
     # SQLite only: heartbeats that write are committed in groups (ota/write_batch.py).
     write_batcher: WriteBatcher | None = None
+    # SQLite only: the heartbeat's cache-miss read on the event loop (ota/heartbeat.py).
+    inline_reader: InlineSnapshotReader | None = None
 
     def __post_init__(self) -> None:
         pool = self.engine.pool

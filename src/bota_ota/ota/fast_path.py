@@ -31,8 +31,10 @@ from bota_ota.db import utcnow
 from bota_ota.deps import AppContext, base_url
 from bota_ota.errors import PayloadTooLarge, Unauthorized, problem_for_exception, validation_problem
 from bota_ota.ota.heartbeat import (
+    NOT_READ,
     HeartbeatCall,
     ManifestSigner,
+    NotRead,
     heartbeat_with_writes,
     read_snapshot,
     routine_reply,
@@ -65,8 +67,12 @@ async def answer_heartbeat(
     snapshot = cache.get(token_hash)
     if snapshot is None:
         generation = cache.begin_read()
-        async with ctx.db_slots:
-            snapshot = await run_in_threadpool(read_snapshot, ctx.engine, token_hash)
+        inline = ctx.inline_reader.read(token_hash) if ctx.inline_reader is not None else NOT_READ
+        if isinstance(inline, NotRead):
+            async with ctx.db_slots:
+                snapshot = await run_in_threadpool(read_snapshot, ctx.engine, token_hash)
+        else:
+            snapshot = inline
         if snapshot is None:
             raise Unauthorized("the device token is unknown (rotated or never issued)")
         cache.put(token_hash, snapshot, generation)
