@@ -7,14 +7,17 @@ one feed poll, so a new assignment is still delivered at the next heartbeat.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, literal_column, select
+from sqlalchemy.exc import OperationalError
 
 from bota_ota.app import create_app
 from bota_ota.config import Settings
@@ -23,6 +26,7 @@ from bota_ota.devices.changes import DeviceChange, FeedPosition, note_changed_de
 from bota_ota.devices.models import Device
 from bota_ota.ota.device_cache import DeviceCache, DeviceSnapshot
 from bota_ota.ota.fast_path import MAX_BODY_BYTES
+from bota_ota.ota.heartbeat import NOT_READ
 from bota_ota.ota.models import Assignment
 from tests.factories import ApiClient, assert_problem, heartbeat, make_token
 from tests.ota.test_lean_heartbeat import Statements
@@ -345,3 +349,22 @@ def test_bulk_statements_name_their_devices_in_the_feed(app: Any, admin: ApiClie
         session.execute(insert(Assignment), [row])
         note_changed_devices(session, [dev["id"]])
     assert read_changes(engine, position) == {dev["id"]}
+
+
+def test_a_busy_inline_read_falls_back_to_a_worker_thread(
+    admin: ApiClient, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = app.state.ctx.inline_reader
+    if reader is None:
+        pytest.skip("the inline read is SQLite's")
+    dev = admin.device()
+    reader.close()
+
+    def locked() -> None:
+        raise OperationalError("SELECT …", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(reader, "_engine", SimpleNamespace(connect=locked))
+    assert reader.read("whatever") is NOT_READ
+    r = heartbeat(admin.client, dev["token"], battery=12)  # read in a thread instead
+    assert r.status_code == 200 and r.json()["ota"] is None
+    assert_problem(heartbeat(admin.client, "bota_dt_nobody"), 401)
