@@ -64,8 +64,9 @@ def measure(server: Server, opts: Options, devices: int, db_pid: int | None = No
     # Warm-up until every device has sent one heartbeat (one wrk thread walks all of them in ``devices``
     # requests): the steady state of a server that has been up for one interval, its device cache filled.
     warmup: list[dict[str, Any]] = []
-    warm_until = time.monotonic() + (20 if opts.quick else 240)
-    while (done := sum(w["requests"] for w in warmup)) < devices and time.monotonic() < warm_until:
+    warm_until = time.monotonic() + (20 if opts.quick else 300)
+    # With N workers each has its own cache and sees a share of the requests: walk N times.
+    while (done := sum(w["requests"] for w in warmup)) < devices * server.workers and time.monotonic() < warm_until:
         # Each run continues the previous one's walk (BENCH_START), so `devices` requests visit every device.
         start = {**env, "BENCH_START": str(done * 7919)}  # lua/heartbeat.lua's stride
         warm = run_wrk(url, duration_s=2 if opts.quick else 5, connections=CONNECTIONS, script=script, env=start)

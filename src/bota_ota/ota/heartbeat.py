@@ -268,7 +268,9 @@ _SNAPSHOT = (
 
 def read_snapshot(engine: Engine, token_hash: str) -> DeviceSnapshot | None:
     """The device with this token, its active assignment and that release's .bin; None: unknown token."""
-    with engine.connect().execution_options(sqlite_begin="NONE") as conn:
+    # One statement, atomic on its own: no BEGIN/ROLLBACK round trips around it (SQLite: no BEGIN;
+    # PostgreSQL: autocommit).
+    with engine.connect().execution_options(sqlite_begin="NONE", isolation_level="AUTOCOMMIT") as conn:
         row = conn.execute(_SNAPSHOT, {"token_hash": token_hash}).first()
     return _snapshot(row)
 
