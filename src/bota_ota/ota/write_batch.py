@@ -57,6 +57,7 @@ class WriteBatcher:
         self.running = False
         self.batches = 0
         self.written = 0
+        self.in_flight = 0  # heartbeats of the batch being written
 
     @property
     def waiting(self) -> int:
@@ -86,6 +87,7 @@ class WriteBatcher:
 
     async def _write(self, batch: list[Job]) -> None:
         calls = [call for call, _future in batch]
+        self.in_flight = len(batch)
 
         def work() -> list[HeartbeatReply | Exception]:
             with self._sessions() as session, session.begin():
@@ -99,6 +101,7 @@ class WriteBatcher:
             results = [exc] * len(batch)
         self.batches += 1
         self.written += len(batch)
+        self.in_flight = 0
         for (_call, future), result in zip(batch, results, strict=True):
             if future.done():  # the request was cancelled meanwhile (the client went away)
                 continue
