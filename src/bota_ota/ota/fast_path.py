@@ -18,8 +18,6 @@ problem documents as everywhere else (``errors.py``).
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -42,8 +40,6 @@ from bota_ota.ota.heartbeat import (
 from bota_ota.ota.schemas import Heartbeat, HeartbeatReply
 from bota_ota.security import hash_token
 
-log = logging.getLogger(__name__)
-
 HEARTBEAT_PATH = "/api/device/v1/heartbeat"
 # A heartbeat is a few hundred bytes; anything near this is not one.
 MAX_BODY_BYTES = 64 * 1024
@@ -53,16 +49,8 @@ async def answer_heartbeat(
     ctx: AppContext, token: str, hb: Heartbeat, base_url_of_request: Callable[[], str]
 ) -> HeartbeatReply:
     """The whole heartbeat: from the cache or one read when nothing needs writing, else the write step."""
-    settings = ctx.settings
     token_hash = hash_token(token)
-    call = HeartbeatCall(
-        token_hash=token_hash,
-        hb=hb,
-        signer=ManifestSigner(store=ctx.store, base_url=base_url_of_request, ttl_s=settings.signed_url_ttl_s),
-        buffer=ctx.telemetry,
-        interval_s=settings.heartbeat_interval_s,
-        received_at=utcnow(),
-    )
+    received_at = utcnow()
     cache = ctx.device_cache
     snapshot = cache.get(token_hash)
     if snapshot is None:
@@ -76,11 +64,21 @@ async def answer_heartbeat(
         if snapshot is None:
             raise Unauthorized("the device token is unknown (rotated or never issued)")
         cache.put(token_hash, snapshot, generation)
-    reply = routine_reply(snapshot, call, call.received_at)
+    settings = ctx.settings
+    call = HeartbeatCall(
+        token_hash=token_hash,
+        hb=hb,
+        signer=ManifestSigner(store=ctx.store, base_url=base_url_of_request, ttl_s=settings.signed_url_ttl_s),
+        buffer=ctx.telemetry,
+        interval_s=settings.heartbeat_interval_s,
+        received_at=received_at,
+        known_bin=(snapshot.assignment.release_id, snapshot.bin)
+        if snapshot.assignment is not None and snapshot.bin is not None
+        else None,
+    )
+    reply = routine_reply(snapshot, call, received_at)
     if reply is not None:
         return reply
-    if snapshot.assignment is not None and snapshot.bin is not None:
-        call = dataclasses.replace(call, known_bin=(snapshot.assignment.release_id, snapshot.bin))
     batcher = ctx.write_batcher
     if batcher is not None and batcher.running:
         return await batcher.submit(call)  # SQLite: committed together with the others waiting
