@@ -35,7 +35,7 @@ from benchmarks.common import (
 from benchmarks.pg import Postgres
 from benchmarks.procfs import CpuWindow
 from benchmarks.tokens import device_id
-from bota_ota.db import make_engine
+from bota_ota.core.database import make_engine
 from bota_ota.devices.models import Device
 from bota_ota.ota.models import Assignment, AssignmentEvent
 from bota_ota.storage.local import LocalBlobStore

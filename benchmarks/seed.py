@@ -29,15 +29,15 @@ from benchmarks.common import CACHE_DIR, SECRET_KEY, log
 from benchmarks.pg import Postgres, safe_name
 from benchmarks.tokens import device_id, device_token
 from bota_ota.accounts import service as accounts
-from bota_ota.db import make_engine, make_sessionmaker, new_id, session_scope, utcnow
+from bota_ota.core.database import make_engine, make_sessionmaker, new_id, session_scope, utcnow
+from bota_ota.core.migrate import alembic_config, upgrade_to_head
+from bota_ota.core.security import hash_token
 from bota_ota.devices.changes import note_changed_devices
 from bota_ota.devices.models import Device
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.upload import ParsedForm, ReceivedFile
-from bota_ota.migrate import alembic_config, upgrade_to_head
 from bota_ota.ota import service as ota
 from bota_ota.ota.models import Assignment, AssignmentEvent
-from bota_ota.security import hash_token
 from bota_ota.storage.local import LocalBlobStore
 
 MODEL = "bota-pin"

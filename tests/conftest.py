@@ -18,9 +18,9 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import Engine
 
 from bota_ota.app import create_app
-from bota_ota.config import Settings
-from bota_ota.db import Base, make_engine, session_scope
-from bota_ota.migrate import upgrade_to_head
+from bota_ota.core.database import Base, make_engine, session_scope
+from bota_ota.core.migrate import upgrade_to_head
+from bota_ota.core.settings import Settings
 from tests.factories import ApiClient, make_token
 from tests.support.s3rver import S3rverError, S3rverInfo, S3rverProcess
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 from fastapi.testclient import TestClient
 
 from bota_ota.app import STALE_UPLOAD_S, create_app
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from tests.conftest import PG_URL
 
 

@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from bota_ota.db import make_engine
-from bota_ota.migrate import alembic_config, upgrade_to_head
+from bota_ota.core.database import make_engine
+from bota_ota.core.migrate import alembic_config, upgrade_to_head
 from bota_ota.models import Base
 
 APP_TABLES = {t.name for t in Base.metadata.sorted_tables}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from bota_ota.deps import SESSIONS_SCOPE_KEY, CloseSessionsMiddleware
+from bota_ota.web.middleware import SESSIONS_SCOPE_KEY, CloseSessionsMiddleware
 
 
 @pytest.mark.parametrize("ending", [asyncio.CancelledError, RuntimeError, None])

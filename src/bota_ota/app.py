@@ -1,4 +1,5 @@
-"""create_app(settings): routers, problem-JSON errors, the shared AppContext."""
+"""create_app(settings): the one place where the parts are assembled — routers, middlewares, problem JSON,
+the app context, the heartbeat runtime and the scheduled sweeps."""
 
 from __future__ import annotations
 
@@ -21,27 +22,28 @@ import bota_ota.models  # noqa: F401  (every model registered before mappers con
 from bota_ota import __version__
 from bota_ota.accounts.api import router as accounts_router
 from bota_ota.audit.api import router as audit_router
-from bota_ota.background import BackgroundWork
-from bota_ota.config import Settings
-from bota_ota.db import make_engine, make_sessionmaker
-from bota_ota.deps import AppContext, CloseSessionsMiddleware, CtxDep, DatabaseAdmissionMiddleware
+from bota_ota.core.database import make_engine, make_sessionmaker
+from bota_ota.core.settings import Settings
 from bota_ota.devices.api import router as devices_router
-from bota_ota.devices.changes import on_commit_info
-from bota_ota.errors import install_problem_handlers
 from bota_ota.firmware.api import router as firmware_router
+from bota_ota.heartbeat.entrance import HeartbeatEntrance
+from bota_ota.heartbeat.entrance import router as device_router
+from bota_ota.heartbeat.runtime import HeartbeatRuntime
 from bota_ota.mobile.api import mgmt_router as app_users_router
 from bota_ota.mobile.api import router as mobile_router
+from bota_ota.mobile.sweeps import end_silent_ble_modes
 from bota_ota.ota.api import router as assignments_router
-from bota_ota.ota.device_api import router as device_router
-from bota_ota.ota.device_cache import DeviceCache
-from bota_ota.ota.fast_path import HeartbeatFastPath
-from bota_ota.ota.heartbeat import InlineSnapshotReader
-from bota_ota.ota.write_batch import WriteBatcher
+from bota_ota.ota.sweeps import fail_stalled_deliveries
 from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
 from bota_ota.storage import make_blob_store
 from bota_ota.storage.api import router as download_router
+from bota_ota.web.context import AppContext
+from bota_ota.web.deps import CtxDep
+from bota_ota.web.middleware import CloseSessionsMiddleware, DatabaseAdmissionMiddleware
+from bota_ota.web.problems import install_problem_handlers
+from bota_ota.web.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +61,30 @@ Firmware over-the-air updates for Bota Pin, Bota Pin Pro and Bota Note.
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url, max_connections=settings.db_max_connections)
-    cache = DeviceCache(
-        max_entries=settings.device_cache_size, stale_after_s=max(2.0, 4 * settings.change_poll_interval_s)
-    )
     ctx = AppContext(
-        settings=settings,
-        engine=engine,
-        # This instance's own commits drop the devices they changed from its cache at once.
-        sessions=make_sessionmaker(engine, info=on_commit_info(cache.drop)),
-        store=make_blob_store(settings),
-        device_cache=cache,
+        settings=settings, engine=engine, sessions=make_sessionmaker(engine), store=make_blob_store(settings)
     )
-    if ctx.sqlite:
-        ctx.write_batcher = WriteBatcher(ctx.sessions, ctx.write_admission)
-        ctx.inline_reader = InlineSnapshotReader(engine)
+    heartbeat = HeartbeatRuntime(ctx)
+    scheduler = Scheduler(ctx)
+    scheduler.add(
+        "ble_modes_ended", lambda s, cfg, now: end_silent_ble_modes(s, timeout_s=cfg.ble_relay_timeout_s, now=now)
+    )
+    scheduler.add(
+        "deliveries_timed_out",
+        lambda s, cfg, now: fail_stalled_deliveries(s, timeout_s=cfg.delivery_timeout_s, now=now),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         remove_stale_upload_files(settings.upload_tmp_dir)
-        background = BackgroundWork(ctx)
-        await background.start()
-        app.state.background = background
+        await heartbeat.start()
+        await scheduler.start()
         try:
             yield
         finally:
             # uvicorn gets here after the last request has finished: nothing more will be buffered.
-            await background.stop()
-            if ctx.inline_reader is not None:
-                ctx.inline_reader.close()
+            await scheduler.stop()
+            await heartbeat.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -97,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.ctx = ctx
+    app.state.heartbeat = heartbeat
+    app.state.scheduler = scheduler
     install_problem_handlers(app)
     app.add_exception_handler(LoginRequired, _to_login)
     app.add_middleware(DatabaseAdmissionMiddleware)
@@ -110,8 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.secure_cookies,
     )
-    # Outermost: the heartbeat is answered before sessions, admission and routing (ota/fast_path.py).
-    app.add_middleware(HeartbeatFastPath)
+    # Outermost: the heartbeat is answered before sessions, admission and routing (heartbeat/entrance.py).
+    app.add_middleware(HeartbeatEntrance, runtime=heartbeat)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "portal" / "static"), name="static")
     for router in (
         firmware_router,

@@ -1,12 +1,10 @@
 """Imports every model so that ``Base.metadata`` is complete (Alembic, the drift check)."""
 
-from bota_ota.accounts.models import ApiToken, User
-from bota_ota.audit.models import AuditEntry
-from bota_ota.db import Base
-from bota_ota.devices.changes import DeviceChange
+from bota_ota.accounts.models import ApiToken, AppToken, AppUser, User
+from bota_ota.core.audit import AuditEntry
+from bota_ota.core.database import Base
 from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.firmware.models import Artifact, Release
-from bota_ota.mobile.models import AppToken, AppUser
 from bota_ota.ota.models import Assignment, AssignmentEvent
 
 __all__ = [
@@ -19,7 +17,6 @@ __all__ = [
     "AuditEntry",
     "Base",
     "Device",
-    "DeviceChange",
     "DeviceEvent",
     "Release",
     "User",

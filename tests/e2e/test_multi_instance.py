@@ -24,7 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from bota_ota.db import make_engine
+from bota_ota.core.database import make_engine
 from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.sim.device import Timing
 from bota_ota.sim.fleet import Fleet, FleetConfig, provision

@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bota_ota.app import create_app
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from tests.factories import ApiClient, firmware_bytes, heartbeat, make_token
 from tests.support.s3rver import S3rverInfo
 

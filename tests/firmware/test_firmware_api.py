@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from bota_ota.firmware.models import Artifact, Release
 from tests.factories import ApiClient, assert_problem, files_in, firmware_bytes
 

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from bota_ota.firmware.models import Artifact, Release
 from bota_ota.storage.local import LocalBlobStore
 from tests.factories import (

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bota_ota.errors import PayloadTooLarge, ValidationFailed
+from bota_ota.core.errors import PayloadTooLarge, ValidationFailed
 from bota_ota.firmware.upload import ParsedForm, parse_firmware_form
 from tests.factories import crc32, firmware_bytes, sha256_hex
 

@@ -59,8 +59,8 @@ def test_login_refuses_wrong_password_and_unknown_user(admin: ApiClient, app_use
 def test_an_expired_app_token_is_refused(admin: ApiClient, app_user: App, sessions: Any) -> None:
     from datetime import timedelta
 
-    from bota_ota.db import utcnow
-    from bota_ota.mobile.models import AppToken
+    from bota_ota.accounts.models import AppToken
+    from bota_ota.core.database import utcnow
 
     assert app_user.get("/devices").status_code == 200
     with sessions() as session:
@@ -180,7 +180,7 @@ def test_ble_mode_ends_by_the_app_or_the_devices_own_heartbeat(admin: ApiClient,
 def test_ble_mode_times_out_without_relays(admin: ApiClient, app_user: App, sessions: Any) -> None:
     from datetime import timedelta
 
-    from bota_ota.db import utcnow
+    from bota_ota.core.database import utcnow
     from bota_ota.devices.models import Device
 
     device = owned_device(admin, app_user)

@@ -22,9 +22,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bota_ota.audit.models import AuditEntry
+from bota_ota.core.audit import AuditEntry
+from bota_ota.core.errors import Conflict
 from bota_ota.devices.models import Device
-from bota_ota.errors import Conflict
 from bota_ota.firmware import service as firmware_service
 from bota_ota.firmware.models import Release
 from bota_ota.ota import service as ota_service

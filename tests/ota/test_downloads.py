@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from bota_ota.storage.local import sign
 from tests.factories import ApiClient, assert_problem, firmware_bytes, heartbeat
 

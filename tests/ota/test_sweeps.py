@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from bota_ota.config import Settings
-from bota_ota.db import session_scope
+from bota_ota.core.database import session_scope
+from bota_ota.core.settings import Settings
 from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.mobile.sweeps import end_silent_ble_modes
 from bota_ota.ota import service as ota_service
@@ -123,8 +123,8 @@ def test_the_apps_sweeper_runs_both_sweeps(
     admin: ApiClient, client: TestClient, app: Any, sessions: Any, settings: Settings
 ) -> None:
     [stalled] = _delivered(admin, sessions, idle_s=settings.delivery_timeout_s + 5)
-    done = client.portal.call(app.state.background.sweep)  # type: ignore[union-attr]
-    assert done == {"ble_modes_ended": 0, "deliveries_timed_out": 1, "changes_pruned": 0}
+    done = client.portal.call(app.state.scheduler.run_once)  # type: ignore[union-attr]
+    assert done == {"ble_modes_ended": 0, "deliveries_timed_out": 1}
     assert admin.get(f"/api/v1/assignments/{stalled}").json()["error"] == "delivery_timeout"
 
 

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bota_ota.accounts.service import create_user
-from bota_ota.db import session_scope
+from bota_ota.core.database import session_scope
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 import bota_ota.portal
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from tests.factories import ApiClient, files_in
 from tests.portal.pages import add_user, browser, html
 from tests.portal.support import csrf, sign_in

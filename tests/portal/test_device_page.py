@@ -7,7 +7,7 @@ import re
 from fastapi.testclient import TestClient
 
 from bota_ota.accounts.service import create_user
-from bota_ota.db import session_scope
+from bota_ota.core.database import session_scope
 from tests.factories import ApiClient, heartbeat
 from tests.portal.support import csrf, sign_in
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from tests.factories import ApiClient, files_in, heartbeat
 from tests.portal.pages import Element, add_user, flash, html
 from tests.portal.support import csrf, sign_in

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from bota_ota.accounts.models import LoginAttempt
 from bota_ota.app import create_app
-from bota_ota.config import Settings
-from bota_ota.db import session_scope
+from bota_ota.core.database import session_scope
+from bota_ota.core.settings import Settings
 from tests.portal.pages import add_user, html
 from tests.portal.support import csrf
 

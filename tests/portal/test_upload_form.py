@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from tests.factories import ApiClient, assert_problem, crc32, files_in, firmware_bytes
 from tests.portal.pages import add_user, browser_multipart, field_error, flash, html
 from tests.portal.support import csrf, sign_in

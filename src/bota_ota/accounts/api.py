@@ -3,8 +3,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from bota_ota.accounts import service
+from bota_ota.accounts.deps import Admin, CurrentPrincipal
 from bota_ota.accounts.schemas import Me, TokenCreate, TokenCreated, TokenOut, UserCreate, UserOut
-from bota_ota.deps import Admin, CurrentPrincipal, SessionDep
+from bota_ota.web.deps import SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bota_ota.schemas_base import InputModel
+from bota_ota.core.schemas import InputModel
 
 Role = Literal["viewer", "operator", "admin"]
 

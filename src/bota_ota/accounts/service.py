@@ -8,10 +8,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from bota_ota.accounts.models import ROLES, ApiToken, LoginAttempt, User
-from bota_ota.audit import service as audit
-from bota_ota.db import insert_or_raise, utcnow
-from bota_ota.errors import Conflict, NotFound, ValidationFailed
-from bota_ota.security import hash_password, hash_token, new_token
+from bota_ota.core import audit
+from bota_ota.core.database import insert_or_raise, utcnow
+from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.core.security import hash_password, hash_token, new_token
 
 API_TOKEN_PREFIX = "bota_at"
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}

@@ -6,8 +6,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
+from bota_ota.accounts.deps import Viewer
 from bota_ota.audit import service
-from bota_ota.deps import SessionDep, Viewer
+from bota_ota.web.deps import SessionDep
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 

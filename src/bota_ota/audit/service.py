@@ -2,27 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bota_ota.audit.models import AuditEntry
-
-
-def record(
-    session: Session,
-    *,
-    actor: str,
-    action: str,
-    target_type: str,
-    target_id: str | None,
-    detail: dict[str, Any] | None = None,
-) -> AuditEntry:
-    """Append an audit entry in the caller's transaction: it lands if and only if the action does."""
-    entry = AuditEntry(actor=actor, action=action, target_type=target_type, target_id=target_id, detail=detail or {})
-    session.add(entry)
-    return entry
+from bota_ota.core.audit import AuditEntry
 
 
 def list_entries(

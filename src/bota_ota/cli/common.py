@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.orm import Session
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,9 +36,9 @@ def load_settings(data_dir: Path | None = None) -> Settings:
 @contextmanager
 def cli_session(data_dir: Path | None) -> Iterator[Session]:
     """A migrated database and one committed unit of work; a domain error exits 2 with its message."""
-    from bota_ota.db import make_engine, make_sessionmaker, session_scope
-    from bota_ota.errors import DomainError
-    from bota_ota.migrate import upgrade_to_head
+    from bota_ota.core.database import make_engine, make_sessionmaker, session_scope
+    from bota_ota.core.errors import DomainError
+    from bota_ota.core.migrate import upgrade_to_head
 
     settings = load_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

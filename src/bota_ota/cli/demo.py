@@ -14,8 +14,8 @@ import httpx
 
 from bota_ota.accounts.service import create_api_token
 from bota_ota.cli.common import console
-from bota_ota.config import Settings
-from bota_ota.db import make_engine, make_sessionmaker, session_scope
+from bota_ota.core.database import make_engine, make_sessionmaker, session_scope
+from bota_ota.core.settings import Settings
 from bota_ota.firmware.versions import parse_version
 from bota_ota.sim.device import Timing
 from bota_ota.sim.fleet import Fleet, FleetConfig, provision

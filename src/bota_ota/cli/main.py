@@ -69,7 +69,7 @@ def serve(
 
     import uvicorn
 
-    from bota_ota.bootstrap import prepare_database
+    from bota_ota.accounts.bootstrap import prepare_database
 
     if demo:
         if data_dir is None and "BOTA_OTA_DATA_DIR" not in os.environ:
@@ -175,7 +175,7 @@ def app_user_create(
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None) -> None:
     """Apply all database migrations (safe to run again; several instances may run it at once)."""
-    from bota_ota.migrate import upgrade_to_head
+    from bota_ota.core.migrate import upgrade_to_head
 
     settings = load_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -4,13 +4,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from bota_ota.config import Settings
-from bota_ota.deps import Operator, SessionDep, SettingsDep, Viewer
+from bota_ota.accounts.deps import Operator, Viewer
+from bota_ota.core.settings import Settings
 from bota_ota.devices import service
 from bota_ota.devices.models import Device
 from bota_ota.devices.schemas import DeviceCreate, DeviceCreated, DeviceEventOut, DeviceOut, DeviceToken
 from bota_ota.ota.models import Assignment
 from bota_ota.ota.schemas import AssignmentStatus
+from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 

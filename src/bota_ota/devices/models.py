@@ -6,17 +6,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bota_ota.db import Base, UTCDateTime, utcnow
+from bota_ota.core.database import Base, UTCDateTime, utcnow
 
 if TYPE_CHECKING:
-    from bota_ota.mobile.models import AppUser
-
-DEVICE_MODELS: dict[str, str] = {
-    "bota-pin": "Bota Pin",
-    "bota-pin-pro": "Bota Pin Pro",
-    "bota-note": "Bota Note",
-}
-
+    from bota_ota.accounts.models import AppUser
 
 BLE_MODE_WHERE = text("ble_connected")
 

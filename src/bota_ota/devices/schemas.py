@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bota_ota.core.schemas import InputModel
 from bota_ota.ota.schemas import AssignmentSummary
-from bota_ota.schemas_base import InputModel
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN)

@@ -7,16 +7,16 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from bota_ota.audit import service as audit
-from bota_ota.db import insert_or_raise, utcnow
+from bota_ota.core import audit
+from bota_ota.core.database import insert_or_raise, utcnow
+from bota_ota.core.device_models import check_model
+from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.core.security import hash_claim_code, hash_token, new_claim_code, new_token
 from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.devices.schemas import DEVICE_ID_MESSAGE, DEVICE_ID_RE, DeviceOut
-from bota_ota.errors import Conflict, NotFound, ValidationFailed
-from bota_ota.firmware.service import check_model
 from bota_ota.firmware.versions import InvalidVersion, normalize_version, version_sort_key
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
 from bota_ota.ota.schemas import AssignmentSummary
-from bota_ota.security import hash_claim_code, hash_token, new_claim_code, new_token
 
 DEVICE_TOKEN_PREFIX = "bota_dt"
 

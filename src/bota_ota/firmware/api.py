@@ -7,12 +7,14 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bota_ota.config import Settings
-from bota_ota.deps import AppContext, CtxDep, Operator, SessionDep, SettingsDep, StoreDep, Viewer
+from bota_ota.accounts.deps import Operator, Viewer
+from bota_ota.core.settings import Settings
 from bota_ota.firmware import service
 from bota_ota.firmware.schemas import ReleaseOut, ReleasePatch
 from bota_ota.firmware.upload import ParsedForm, parse_firmware_form
 from bota_ota.storage import BlobStore
+from bota_ota.web.context import AppContext
+from bota_ota.web.deps import CtxDep, SessionDep, SettingsDep, StoreDep
 
 router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bota_ota.db import Base, UTCDateTime, new_id, utcnow
+from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
 
 ARTIFACT_KINDS = ("bin", "ufw")
 

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from bota_ota.schemas_base import InputModel
+from bota_ota.core.schemas import InputModel
 
 
 class ArtifactOut(BaseModel):

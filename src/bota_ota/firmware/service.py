@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bota_ota.audit import service as audit
-from bota_ota.db import insert_or_raise
-from bota_ota.devices.models import DEVICE_MODELS
-from bota_ota.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.core import audit
+from bota_ota.core.database import insert_or_raise
+from bota_ota.core.device_models import DEVICE_MODELS, check_model
+from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.firmware.models import ARTIFACT_KINDS, Artifact, Release
 from bota_ota.firmware.schemas import ArtifactOut, ReleaseOut
 from bota_ota.firmware.upload import ParsedForm
@@ -23,13 +23,6 @@ from bota_ota.storage import BlobStore
 log = logging.getLogger(__name__)
 
 NOTES_LIMIT = 10_000
-
-
-def check_model(model: str, field: str = "model") -> str:
-    model = model.strip()
-    if model not in DEVICE_MODELS:
-        raise ValidationFailed(f"model must be one of {', '.join(DEVICE_MODELS)}; got {model!r}", field=field)
-    return model
 
 
 def _parse_bool(text: str, field: str) -> bool:

@@ -21,7 +21,7 @@ from typing import IO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from bota_ota.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from bota_ota.core.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 TEXT_FIELD_LIMIT = 64 * 1024
 MAX_FILENAME = 200

@@ -1,4 +1,4 @@
-"""Alembic environment. The URL comes from the caller (``bota_ota.migrate``) or from Settings."""
+"""Alembic environment. The URL comes from the caller (``bota_ota.core.migrate``) or from Settings."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
-from bota_ota.config import Settings
-from bota_ota.db import make_engine
+from bota_ota.core.database import make_engine
+from bota_ota.core.settings import Settings
 from bota_ota.models import Base
 
 config = context.config

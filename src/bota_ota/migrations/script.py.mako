@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import bota_ota.db
+import bota_ota.core.database
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bota_ota.deps import Operator, SessionDep, SettingsDep, StoreDep, Viewer, base_url, bearer_secret
+from bota_ota.accounts.deps import Operator, Viewer
+from bota_ota.accounts.models import AppUser
+from bota_ota.core.errors import Unauthorized
 from bota_ota.devices.schemas import DeviceOut
 from bota_ota.devices.service import active_assignments_for, device_out
-from bota_ota.errors import Unauthorized
+from bota_ota.heartbeat.schemas import Heartbeat
 from bota_ota.mobile import service
-from bota_ota.mobile.models import AppUser
 from bota_ota.mobile.schemas import (
     AppDevice,
     AppUserCreate,
@@ -27,7 +28,7 @@ from bota_ota.mobile.schemas import (
     OwnerSet,
     RelayReply,
 )
-from bota_ota.ota.schemas import Heartbeat
+from bota_ota.web.deps import SessionDep, SettingsDep, StoreDep, base_url, bearer_secret
 
 router = APIRouter(prefix="/api/app/v1", tags=["mobile app"])
 mgmt_router = APIRouter(prefix="/api/v1", tags=["app users"])

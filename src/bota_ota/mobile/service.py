@@ -8,20 +8,20 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bota_ota.accounts.models import AppToken, AppUser
 from bota_ota.accounts.service import check_credentials
-from bota_ota.audit import service as audit
-from bota_ota.db import insert_or_raise, utcnow
+from bota_ota.core import audit
+from bota_ota.core.database import insert_or_raise, utcnow
+from bota_ota.core.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from bota_ota.core.security import hash_claim_code, hash_password, hash_token, new_token, verify_password
 from bota_ota.devices.models import Device
 from bota_ota.devices.service import ble_active, record_device_event
-from bota_ota.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from bota_ota.firmware.models import Release
 from bota_ota.firmware.versions import is_newer, version_sort_key
-from bota_ota.mobile.models import AppToken, AppUser
+from bota_ota.heartbeat.presence import apply_telemetry
+from bota_ota.heartbeat.schemas import Heartbeat
 from bota_ota.mobile.schemas import AppDevice, BleOta, FirmwareUpdate, UfwRelease
 from bota_ota.ota import service as ota
-from bota_ota.ota.heartbeat import apply_telemetry
-from bota_ota.ota.schemas import Heartbeat
-from bota_ota.security import hash_claim_code, hash_password, hash_token, new_token, verify_password
 from bota_ota.storage import BlobStore
 
 _DUMMY_HASH = hash_password("not-a-real-password")

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from bota_ota.deps import Operator, SessionDep, Viewer
+from bota_ota.accounts.deps import Operator, Viewer
 from bota_ota.devices.service import get_device
 from bota_ota.ota import service
 from bota_ota.ota.schemas import AssignmentCreate, AssignmentDetail, AssignmentOut, AssignmentStatus
+from bota_ota.web.deps import SessionDep
 
 router = APIRouter(tags=["assignments"])
 

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bota_ota.db import Base, UTCDateTime, new_id, utcnow
+from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
 
 ASSIGNMENT_STATUSES = ("pending", "delivered", "applied", "failed", "cancelled")
 ACTIVE_STATUSES = ("pending", "delivered")

@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, selectinload
 
-from bota_ota.audit import service as audit
-from bota_ota.db import insert_or_raise, new_id, utcnow
-from bota_ota.devices.models import DEVICE_MODELS, Device
-from bota_ota.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.core import audit
+from bota_ota.core.database import insert_or_raise, new_id, utcnow
+from bota_ota.core.device_models import DEVICE_MODELS
+from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.devices.models import Device
 from bota_ota.firmware.models import Release
 from bota_ota.firmware.versions import versions_equal
 from bota_ota.ota.models import (

@@ -6,7 +6,7 @@ and no new assignment could be made without a manual cancel. After ``BOTA_OTA_DE
 (24 h by default) without a change of reported progress, the assignment becomes ``failed`` with error
 ``delivery_timeout``; the operator may assign again.
 
-Run by every instance (``bota_ota.background``). Rows are taken with ``FOR UPDATE SKIP LOCKED`` on
+Run by every instance (``bota_ota.web.scheduler``). Rows are taken with ``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL, so two instances sweeping at once never fail the same assignment twice (and never wait for
 each other, or for a heartbeat holding the row); the status condition is checked again on the locked
 row. SQLite has one writer at a time anyway.

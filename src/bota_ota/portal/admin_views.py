@@ -10,10 +10,10 @@ from sqlalchemy.orm import Session
 
 from bota_ota.accounts import service as accounts
 from bota_ota.accounts.models import ROLES, User
-from bota_ota.deps import SessionDep
-from bota_ota.errors import Conflict, ValidationFailed
+from bota_ota.core.errors import Conflict, ValidationFailed
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import render, require
+from bota_ota.web.deps import SessionDep
 
 router = APIRouter(include_in_schema=False)
 

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from bota_ota.accounts.models import User
 from bota_ota.accounts.service import ROLE_RANK
-from bota_ota.deps import SessionDep
-from bota_ota.errors import Forbidden
+from bota_ota.core.errors import Forbidden
+from bota_ota.web.deps import SessionDep
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"

@@ -11,8 +11,8 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from bota_ota.accounts.models import User
-from bota_ota.devices.models import DEVICE_MODELS
-from bota_ota.errors import Forbidden
+from bota_ota.core.device_models import DEVICE_MODELS
+from bota_ota.core.errors import Forbidden
 from bota_ota.portal.auth import can, csrf_token
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")

@@ -8,17 +8,17 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from bota_ota.config import Settings
-from bota_ota.deps import SessionDep, SettingsDep
+from bota_ota.core.device_models import DEVICE_MODELS
+from bota_ota.core.errors import Conflict, ValidationFailed
+from bota_ota.core.settings import Settings
 from bota_ota.devices import service as device_service
-from bota_ota.devices.models import DEVICE_MODELS
 from bota_ota.devices.schemas import DEVICE_ID_PATTERN
-from bota_ota.errors import Conflict, ValidationFailed
 from bota_ota.firmware import service as firmware
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import PAGE_SIZE, listing, render, require
+from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
 

@@ -8,16 +8,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from bota_ota.deps import CtxDep, SessionDep, SettingsDep, StoreDep
+from bota_ota.core.device_models import DEVICE_MODELS
+from bota_ota.core.errors import Conflict, DomainError, Forbidden
 from bota_ota.devices import service as device_service
-from bota_ota.devices.models import DEVICE_MODELS
-from bota_ota.errors import Conflict, DomainError, Forbidden
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.api import receive_release
 from bota_ota.firmware.upload import ParsedForm
 from bota_ota.firmware.versions import InvalidVersion, normalize_version
 from bota_ota.portal.auth import CSRF_FIELD, CSRF_HEADER, CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import render, require
+from bota_ota.web.deps import CtxDep, SessionDep, SettingsDep, StoreDep
 
 router = APIRouter(include_in_schema=False)
 

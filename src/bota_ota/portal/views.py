@@ -11,14 +11,14 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bota_ota.accounts import service as accounts
-from bota_ota.audit import service as audit
-from bota_ota.deps import SessionDep, SettingsDep
+from bota_ota.audit import service as audit_log
+from bota_ota.core.security import verify_password
 from bota_ota.devices import service as device_service
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
 from bota_ota.portal.auth import CsrfChecked, PortalUser, csrf_token, find_user
 from bota_ota.portal.common import PAGE_SIZE, listing, render
-from bota_ota.security import verify_password
+from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
 
@@ -120,7 +120,7 @@ def audit_page(
     target: Annotated[str, Query(max_length=64)] = "",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
-    rows, total = audit.list_entries(
+    rows, total = audit_log.list_entries(
         session,
         actor=actor.strip() or None,
         action=action.strip() or None,

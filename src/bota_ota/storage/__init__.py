@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from bota_ota.config import Settings
+from bota_ota.core.settings import Settings
 from bota_ota.storage.base import BlobStore, SignedUrl
 from bota_ota.storage.local import LocalBlobStore
 

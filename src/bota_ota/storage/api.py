@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from bota_ota.deps import StoreDep
-from bota_ota.errors import Forbidden, NotFound
+from bota_ota.core.errors import Forbidden, NotFound
 from bota_ota.storage.local import DOWNLOAD_PREFIX, LocalBlobStore, verify
+from bota_ota.web.deps import StoreDep
 
 log = logging.getLogger(__name__)
 

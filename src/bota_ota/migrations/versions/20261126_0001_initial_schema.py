@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import bota_ota.db
+import bota_ota.core.database
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("target_type", sa.String(length=32), nullable=False),
@@ -43,9 +43,9 @@ def upgrade() -> None:
         sa.Column("model", sa.String(length=32), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=True),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.Column("firmware_version", sa.String(length=64), nullable=True),
-        sa.Column("last_seen_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_seen_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True),
         sa.Column("recording", sa.Boolean(), nullable=False),
         sa.Column("battery", sa.Integer(), nullable=True),
         sa.Column("network", sa.String(length=16), nullable=True),
@@ -68,7 +68,7 @@ def upgrade() -> None:
         sa.Column("version_key", sa.String(length=64), nullable=False),
         sa.Column("notes", sa.Text(), nullable=False),
         sa.Column("released", sa.Boolean(), nullable=False),
-        sa.Column("created_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_releases")),
         sa.UniqueConstraint("model", "version_key", name="uq_releases_model_version"),
@@ -83,7 +83,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(length=255), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint("role in ('viewer','operator','admin')", name=op.f("ck_users_role")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("email", name=op.f("uq_users_email")),
@@ -97,9 +97,9 @@ def upgrade() -> None:
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=True),
         sa.Column("user_id", sa.String(length=32), nullable=True),
-        sa.Column("created_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("last_used_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True),
         sa.CheckConstraint("role in ('viewer','operator','admin')", name=op.f("ck_api_tokens_role")),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_api_tokens_user_id_users"), ondelete="SET NULL"
@@ -139,14 +139,14 @@ def upgrade() -> None:
         sa.Column("version", sa.String(length=64), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("channel", sa.String(length=8), nullable=True),
-        sa.Column("created_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=True),
-        sa.Column("delivered_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("finished_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("ota_state", sa.String(length=16), nullable=True),
         sa.Column("progress", sa.Integer(), nullable=True),
-        sa.Column("progress_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("progress_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True),
         sa.Column("delivery_count", sa.Integer(), nullable=False),
         sa.CheckConstraint(
             "status in ('pending','delivered','applied','failed','cancelled')",
@@ -179,7 +179,7 @@ def upgrade() -> None:
         "assignment_events",
         sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("assignment_id", sa.String(length=32), nullable=False),
-        sa.Column("at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=False),

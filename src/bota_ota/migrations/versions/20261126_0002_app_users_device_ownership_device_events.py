@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import bota_ota.db
+import bota_ota.core.database
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -25,7 +25,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("email", sa.String(length=254), nullable=False),
         sa.Column("password_hash", sa.String(length=255), nullable=False),
-        sa.Column("created_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.Column("created_by", sa.String(length=200), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_app_users")),
         sa.UniqueConstraint("email", name=op.f("uq_app_users_email")),
@@ -35,8 +35,8 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["user_id"], ["app_users.id"], name=op.f("fk_app_tokens_user_id_app_users"), ondelete="CASCADE"
         ),
@@ -50,7 +50,7 @@ def upgrade() -> None:
         "device_events",
         sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("device_id", sa.String(length=64), nullable=False),
-        sa.Column("at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("actor", sa.String(length=200), nullable=True),
         sa.Column("detail", sa.JSON(), nullable=False),
@@ -63,7 +63,9 @@ def upgrade() -> None:
         batch_op.create_index("ix_device_events_device_id_seq", ["device_id", "seq"], unique=False)
 
     with op.batch_alter_table("devices", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("ble_last_relay_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("ble_last_relay_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True)
+        )
         batch_op.add_column(sa.Column("owner_id", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("claim_code_hash", sa.String(length=64), nullable=True))
         batch_op.create_index(batch_op.f("ix_devices_owner_id"), ["owner_id"], unique=False)

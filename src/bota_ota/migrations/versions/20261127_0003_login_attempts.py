@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import bota_ota.db
+import bota_ota.core.database
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -24,7 +24,7 @@ def upgrade() -> None:
         "login_attempts",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("key", sa.String(length=300), nullable=False),
-        sa.Column("at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_login_attempts")),
     )
     with op.batch_alter_table("login_attempts", schema=None) as batch_op:

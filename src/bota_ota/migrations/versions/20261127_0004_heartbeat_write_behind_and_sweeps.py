@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import bota_ota.db
+import bota_ota.core.database
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -23,7 +23,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("assignments", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("delivery_expires_at", bota_ota.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("delivery_expires_at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=True)
+        )
 
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.create_index(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import bota_ota.db
+import bota_ota.core.database
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("device_id", sa.String(length=64), nullable=False),
         sa.Column("xid", sa.BigInteger(), nullable=True),
-        sa.Column("at", bota_ota.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", bota_ota.core.database.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_device_changes")),
         sqlite_autoincrement=True,
     )

@@ -10,18 +10,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bota_ota.db import utcnow
-from bota_ota.devices.changes import FeedPosition, read_changes
-from bota_ota.errors import Unauthorized
-from bota_ota.ota.heartbeat import HeartbeatCall, ManifestSigner
-from bota_ota.ota.schemas import Heartbeat, HeartbeatReply
-from bota_ota.ota.write_batch import write_batch
-from bota_ota.security import hash_token
+from bota_ota.core.database import utcnow
+from bota_ota.core.errors import Unauthorized
+from bota_ota.core.security import hash_token
+from bota_ota.heartbeat.reply import HeartbeatCall, ManifestSigner
+from bota_ota.heartbeat.schemas import Heartbeat, HeartbeatReply
+from bota_ota.heartbeat.write import write_batch
 from tests.factories import ApiClient, heartbeat
 
 
 def _batcher(app: Any) -> Any:
-    batcher = app.state.ctx.write_batcher
+    batcher = app.state.heartbeat.batcher
     if batcher is None:
         pytest.skip("PostgreSQL runs heartbeat writes side by side: no batching")
     deadline = time.monotonic() + 10
@@ -68,8 +67,11 @@ def test_heartbeats_waiting_to_write_are_committed_together(admin: ApiClient, ap
         assert got["last_seen_at"] is not None and got["battery"] == 50 + n
 
 
-def test_one_failing_heartbeat_does_not_fail_its_batch(admin: ApiClient, app: Any) -> None:
+def test_one_failing_heartbeat_does_not_fail_its_batch(
+    admin: ApiClient, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx = app.state.ctx
+    runtime = app.state.heartbeat
     good = admin.device()
 
     def call(token: str) -> HeartbeatCall:
@@ -77,18 +79,18 @@ def test_one_failing_heartbeat_does_not_fail_its_batch(admin: ApiClient, app: An
             token_hash=hash_token(token),
             hb=Heartbeat(firmware_version="v1.0.3", battery=33),
             signer=ManifestSigner(store=ctx.store, base_url=lambda: "http://testserver/", ttl_s=60),
-            buffer=ctx.telemetry,
+            buffer=runtime.buffer,
             interval_s=60,
             received_at=utcnow(),
         )
 
     other = admin.device()
-    position = FeedPosition()
-    read_changes(ctx.engine, position)
+    dropped: list[set[str]] = []
+    monkeypatch.setattr(runtime.cache, "drop", lambda ids: dropped.append(set(ids)))
     with ctx.sessions() as session, session.begin():
         results = write_batch(session, [call(other["token"]), call("bota_dt_unknown"), call(good["token"])])
-    # The failed savepoint rolled back alone: both devices' changes are in the feed, each named once.
-    assert read_changes(ctx.engine, position) == {good["id"], other["id"]}
+    # The failed savepoint rolled back alone: after the one COMMIT, both devices leave this instance's cache.
+    assert dropped == [{good["id"], other["id"]}]
     results = results[1:]
     assert isinstance(results[0], Unauthorized)
     assert isinstance(results[1], HeartbeatReply)

@@ -1,94 +1,38 @@
-"""The heartbeat's own entrance: ``POST /api/device/v1/heartbeat`` answered in front of the framework.
+"""The heartbeat's entrance: ``POST /api/device/v1/heartbeat``, answered in front of the framework.
 
 Every device sends a heartbeat every interval, so this request is the server's throughput. Through FastAPI
-it paid for routing (a regular expression per route until one matches), the dependency graph, five
+it would pay for routing (a regular expression per route until one matches), the dependency graph, five
 middlewares, request/response validation and two thread hops — about 1.8 ms of CPU, 60 times a bare ASGI
-endpoint (docs/performance.md). This ASGI middleware sits outermost and answers the heartbeat itself:
+endpoint (docs/performance.md). ``HeartbeatEntrance``, an ASGI middleware that sits outermost, answers
+the heartbeat itself:
 
 * the body is read here (at most ``MAX_BODY_BYTES``) and validated by pydantic-core straight from JSON;
-* the device's snapshot comes from this instance's cache (``ota/device_cache.py``), so a routine heartbeat
-  runs entirely on the event loop with no database; on a miss, one Core query in a worker thread;
-* only a heartbeat that writes takes the write transaction (``ota/heartbeat.py``), admitted like every
-  other database request (the write gate on SQLite, then a database slot).
+* ``HeartbeatRuntime.answer`` (``runtime.py``) does the rest: the cache or the read step, the rules, the
+  reply or the write step;
+* errors are the same RFC 9457 problem documents as everywhere else (``web/problems.py``).
 
-The FastAPI route in ``ota/device_api.py`` stays: it documents the endpoint in /docs and answers through
-the same ``answer_heartbeat`` when the app is mounted without this middleware. Errors are the same RFC 9457
-problem documents as everywhere else (``errors.py``).
+The FastAPI route below (``router``) documents the endpoint in /docs and answers through the same
+runtime where the app is mounted without the middleware.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Annotated
 
+from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bota_ota.db import utcnow
-from bota_ota.deps import AppContext, base_url
-from bota_ota.errors import PayloadTooLarge, Unauthorized, problem_for_exception, validation_problem
-from bota_ota.ota.heartbeat import (
-    NOT_READ,
-    HeartbeatCall,
-    ManifestSigner,
-    NotRead,
-    heartbeat_with_writes,
-    read_snapshot,
-    routine_reply,
-)
-from bota_ota.ota.schemas import Heartbeat, HeartbeatReply
-from bota_ota.security import hash_token
+from bota_ota.core.errors import PayloadTooLarge, Unauthorized
+from bota_ota.heartbeat.runtime import HeartbeatRuntime
+from bota_ota.heartbeat.schemas import Heartbeat, HeartbeatReply
+from bota_ota.web.deps import base_url, bearer_secret
+from bota_ota.web.problems import problem_for_exception, validation_problem
 
 HEARTBEAT_PATH = "/api/device/v1/heartbeat"
 # A heartbeat is a few hundred bytes; anything near this is not one.
 MAX_BODY_BYTES = 64 * 1024
-
-
-async def answer_heartbeat(
-    ctx: AppContext, token: str, hb: Heartbeat, base_url_of_request: Callable[[], str]
-) -> HeartbeatReply:
-    """The whole heartbeat: from the cache or one read when nothing needs writing, else the write step."""
-    token_hash = hash_token(token)
-    received_at = utcnow()
-    cache = ctx.device_cache
-    snapshot = cache.get(token_hash)
-    if snapshot is None:
-        generation = cache.begin_read()
-        inline = ctx.inline_reader.read(token_hash) if ctx.inline_reader is not None else NOT_READ
-        if isinstance(inline, NotRead):
-            async with ctx.db_slots:
-                snapshot = await run_in_threadpool(read_snapshot, ctx.engine, token_hash)
-        else:
-            snapshot = inline
-        if snapshot is None:
-            raise Unauthorized("the device token is unknown (rotated or never issued)")
-        cache.put(token_hash, snapshot, generation)
-    settings = ctx.settings
-    call = HeartbeatCall(
-        token_hash=token_hash,
-        hb=hb,
-        signer=ManifestSigner(store=ctx.store, base_url=base_url_of_request, ttl_s=settings.signed_url_ttl_s),
-        buffer=ctx.telemetry,
-        interval_s=settings.heartbeat_interval_s,
-        received_at=received_at,
-        known_bin=(snapshot.assignment.release_id, snapshot.bin)
-        if snapshot.assignment is not None and snapshot.bin is not None
-        else None,
-    )
-    reply = routine_reply(snapshot, call, received_at)
-    if reply is not None:
-        return reply
-    batcher = ctx.write_batcher
-    if batcher is not None and batcher.running:
-        return await batcher.submit(call)  # SQLite: committed together with the others waiting
-
-    def write() -> HeartbeatReply:
-        with ctx.sessions() as session, session.begin():
-            return heartbeat_with_writes(session, call, call.received_at)
-
-    async with ctx.write_admission():
-        return await run_in_threadpool(write)
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -99,18 +43,19 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-class HeartbeatFastPath:
+class HeartbeatEntrance:
     """ASGI middleware: answers ``POST /api/device/v1/heartbeat``, passes everything else on."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, runtime: HeartbeatRuntime) -> None:
         self.app = app
+        self.runtime = runtime
         self._plain_replies: dict[int, bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        ctx: AppContext = scope["app"].state.ctx
+        runtime = self.runtime
         authorization = declared = None
         for key, value in scope["headers"]:
             if key == b"authorization":
@@ -127,7 +72,7 @@ class HeartbeatFastPath:
             except ValidationError as exc:
                 await validation_problem(Request(scope), exc.errors(), empty_body=not body)(scope, receive, send)
                 return
-            reply = await answer_heartbeat(ctx, token, hb, lambda: base_url(Request(scope), ctx.settings))
+            reply = await runtime.answer(token, hb, lambda: base_url(Request(scope), runtime.settings))
         except Exception as exc:  # the same problem documents as the app's exception handlers
             response = await problem_for_exception(Request(scope), exc)
             await response(scope, receive, send)
@@ -171,3 +116,38 @@ class HeartbeatFastPath:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+# ---- the documented route ---------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api/device/v1", tags=["device"])
+
+_device_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="DeviceToken",
+    description="The device token issued at registration (bota_dt_...)",
+)
+
+DeviceCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_device_bearer)]
+
+
+def get_runtime(request: Request) -> HeartbeatRuntime:
+    runtime: HeartbeatRuntime = request.app.state.heartbeat
+    return runtime
+
+
+@router.post(
+    "/heartbeat",
+    response_model=HeartbeatReply,
+    response_model_exclude_none=False,
+    summary="Report status; the reply may carry an OTA manifest",
+)
+async def heartbeat(
+    body: Heartbeat,
+    request: Request,
+    runtime: Annotated[HeartbeatRuntime, Depends(get_runtime)],
+    credentials: DeviceCredentials,
+) -> HeartbeatReply:
+    """In the app, ``HeartbeatEntrance`` answers this path before routing; this route documents it and
+    answers the same way where the router is mounted without that middleware."""
+    return await runtime.answer(bearer_secret(credentials), body, lambda: base_url(request, runtime.settings))

@@ -50,12 +50,6 @@ class Settings(BaseSettings):
         le=100_000_000,
         description="Devices whose heartbeat state each server process caches (about 1 KiB each; 0: no cache).",
     )
-    change_poll_interval_s: float = Field(
-        0.5,
-        gt=0,
-        le=10,
-        description="How often each server process reads the device change feed (changed devices leave its cache).",
-    )
     sweep_interval_s: float = Field(
         30.0, gt=0, le=3600, description="How often each instance runs the BLE-mode and stalled-delivery timeouts."
     )

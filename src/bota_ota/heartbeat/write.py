@@ -1,4 +1,8 @@
-"""Group commit for heartbeats that write, on SQLite.
+"""The heartbeat's write step: the whole heartbeat written at once, with the device and its active
+assignment locked and the plan made again from the locked rows (another request may have moved them since
+the read step), and, on SQLite, group commit.
+
+Group commit: Group commit for heartbeats that write, on SQLite.
 
 SQLite has one writer at a time, so during a rollout — thousands of devices each being delivered,
 reporting progress, being applied — heartbeat writes queue for the write slot one transaction each:
@@ -18,14 +22,84 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 
 from anyio import to_thread
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, lazyload
 
-from bota_ota.ota.heartbeat import HeartbeatCall, heartbeat_with_writes
-from bota_ota.ota.schemas import HeartbeatReply
+from bota_ota.core.errors import Unauthorized
+from bota_ota.devices.models import Device
+from bota_ota.devices.service import record_device_event
+from bota_ota.firmware.models import Release
+from bota_ota.heartbeat.presence import apply_telemetry
+from bota_ota.heartbeat.reply import HeartbeatCall, build_reply
+from bota_ota.heartbeat.rules import MANIFEST_OUTCOMES, BinRef, Plan, plan_heartbeat
+from bota_ota.heartbeat.schemas import Heartbeat, HeartbeatReply, OtaManifest
+from bota_ota.ota import service
+from bota_ota.ota.models import Assignment
 
 log = logging.getLogger(__name__)
+
+
+def heartbeat_with_writes(session: Session, call: HeartbeatCall, now: datetime) -> HeartbeatReply:
+    """The whole heartbeat, written at once, with the device and its active assignment locked."""
+    device = session.scalar(
+        select(Device).where(Device.token_hash == call.token_hash).options(lazyload(Device.owner)).with_for_update()
+    )
+    if device is None:
+        raise Unauthorized("the device token is unknown (rotated or never issued)")
+    hb = call.hb
+    assignment = service.active_assignment(session, device.id, lock=True)
+    plan = plan_heartbeat(device, assignment, hb, now)
+    if device.ble_connected:  # the device speaks for itself again: BLE mode is over
+        record_device_event(session, device.id, "ble.disconnected", reason="device heartbeat")
+    apply_telemetry(device, hb, via_ble=False, now=now, pending=call.buffer.peek(device.id))
+    bin_ref = None
+    if assignment is not None and plan.outcome in MANIFEST_OUTCOMES:
+        if call.known_bin is not None and call.known_bin[0] == assignment.release_id:
+            bin_ref = call.known_bin[1]
+        else:
+            release = session.get(Release, assignment.release_id)
+            artifact = release.artifact("bin") if release else None
+            if artifact is not None:
+                bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
+    reply = build_reply(assignment, bin_ref, plan, call.signer, call.interval_s)
+    if assignment is not None:
+        _record(assignment, hb, plan, reply.ota, now)
+    return reply
+
+
+def _record(assignment: Assignment, hb: Heartbeat, plan: Plan, manifest: OtaManifest | None, now: datetime) -> None:
+    """Write what the plan says happened to the assignment (its row is locked)."""
+    if plan.outcome == "apply":
+        service.mark_applied(assignment, reported_version=hb.firmware_version, channel="http")
+        return
+    if plan.outcome == "fail":
+        assert hb.ota is not None
+        service.mark_failed(assignment, error=(hb.ota.error or "unknown").strip() or "unknown", channel="http")
+        return
+    if plan.progress is not None:
+        if plan.progress.state != assignment.ota_state:
+            service.add_event(assignment, "progress", state=plan.progress.state, progress=plan.progress.progress)
+        assignment.ota_state = plan.progress.state
+        assignment.progress = plan.progress.progress
+        assignment.progress_at = now
+    if plan.outcome in ("deliver", "redeliver"):
+        assert manifest is not None
+        assignment.delivery_count += 1
+        assignment.delivery_expires_at = manifest.expires_at
+        if plan.outcome == "deliver":
+            assignment.status = "delivered"
+            assignment.channel = "http"
+            assignment.delivered_at = now
+            service.add_event(assignment, "delivered", channel="http", expires_at=manifest.expires_at.isoformat())
+        else:
+            expires_at = manifest.expires_at.isoformat()
+            service.add_event(assignment, "redelivered", delivery=assignment.delivery_count, expires_at=expires_at)
+
+
+# ---- group commit (SQLite) ----------------------------------------------------------------------
 
 MAX_BATCH = 200  # heartbeats per transaction: bounds the time the write slot is held
 

@@ -4,15 +4,14 @@ A routine heartbeat (nothing to deliver, nothing material changed) needs the dev
 version, recording and BLE flags, and its active assignment (with the .bin's size and checksums, for a
 fresh manifest). With this cache it needs no database at all: the reply is built from the entry and the
 telemetry goes to the write-behind buffer. Anything the heartbeat *writes* still goes through the locked
-write transaction (``ota/heartbeat.py``), which plans again from the database rows; the cache only
+write transaction (``write.py``), which plans again from the database rows; the cache only
 decides that a heartbeat is routine.
 
-Staleness is bounded by the change feed (``devices/changes.py``): every committed change of a device or
-its assignments is read by every instance within one poll (``BOTA_OTA_CHANGE_POLL_INTERVAL_S``), which
-drops the device here; this instance's own commits drop it at once. The cache is only used while the
-feed is being read: if the last successful poll is older than ``stale_after_s`` (the database is down,
-the poller died), every heartbeat takes the database path again, and a gap longer than the feed's
-retention empties the cache.
+Staleness is bounded by invalidation (``invalidation.py``): every committed change of what an entry
+holds drops that device here, at once for this instance's own commits and within moments for anyone
+else's (PostgreSQL ``NOTIFY`` from triggers; on SQLite a trigger-kept change counter). The cache is only
+used while the invalidation listener is up (``trust``); when it is lost or reconnects, the cache is emptied
+(``distrust``, then ``trust`` again): a change that happened meanwhile cannot be missed.
 
 A read that started before a change and finishes after the change was applied here must not put its
 stale result back: ``begin_read`` returns the current generation, and ``put`` refuses an entry whose
@@ -25,49 +24,14 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
+
+from bota_ota.heartbeat.rules import DeviceSnapshot
 
 # How many recent drops ``put`` can check against; a read older than that is simply not cached.
 _RECENT_DROPS = 256
 # A safety net, not the mechanism: an entry is read again after this long even if the feed never named its
 # device (a change made with SQL outside the application). At a 60 s interval, one heartbeat in ten reads.
 MAX_AGE_S = 600.0
-
-
-@dataclass(frozen=True, slots=True)
-class BinRef:
-    """The .bin of the assignment's release: what a manifest needs besides a signed URL."""
-
-    storage_key: str
-    size: int
-    crc32: int
-    sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class AssignmentView:
-    """The active assignment as a heartbeat plan sees it (ORM ``Assignment`` rows qualify too)."""
-
-    id: str
-    version: str
-    status: str
-    ota_state: str | None
-    progress: int | None
-    delivery_expires_at: datetime | None
-    release_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceSnapshot:
-    """One device with its active assignment, as read by the heartbeat's read step."""
-
-    id: str
-    last_seen_at: datetime | None
-    firmware_version: str | None
-    recording: bool
-    ble_connected: bool
-    assignment: AssignmentView | None
-    bin: BinRef | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +44,8 @@ class DeviceCache:
     """Token hash → ``DeviceSnapshot``, bounded (oldest entries leave first). Thread-safe for writers;
     ``get`` takes no lock (one dict lookup) because it runs on the event loop for every heartbeat."""
 
-    def __init__(self, *, max_entries: int = 200_000, stale_after_s: float = 5.0, max_age_s: float = MAX_AGE_S) -> None:
+    def __init__(self, *, max_entries: int = 200_000, max_age_s: float = MAX_AGE_S) -> None:
         self.max_entries = max_entries
-        self.stale_after_s = stale_after_s
         self.max_age_s = max_age_s
         self._lock = threading.Lock()
         self._by_token: dict[str, _Entry] = {}
@@ -90,10 +53,9 @@ class DeviceCache:
         self._generation = 0
         self._floor = 0
         self._recent: deque[tuple[int, frozenset[str]]] = deque(maxlen=_RECENT_DROPS)
-        self._fed_at: float | None = None  # monotonic time of the last successful feed read
+        self._trusted = False  # entries are used only while invalidation is listening
         self.hits = 0
         self.misses = 0
-        self.feeds = 0  # successful feed reads so far
 
     def __len__(self) -> int:
         return len(self._by_token)
@@ -102,20 +64,16 @@ class DeviceCache:
     def enabled(self) -> bool:
         return self.max_entries > 0
 
-    def usable(self, now: float | None = None) -> bool:
-        """True while the change feed is being read often enough for entries to be trusted."""
-        fed_at = self._fed_at
-        if fed_at is None or not self.enabled:
-            return False
-        return (now if now is not None else time.monotonic()) - fed_at <= self.stale_after_s
+    def usable(self) -> bool:
+        """True while invalidation is listening, so that entries can be trusted."""
+        return self._trusted and self.enabled
 
     def get(self, token_hash: str) -> DeviceSnapshot | None:
-        now = time.monotonic()
-        if not self.usable(now):
+        if not self._trusted:
             self.misses += 1
             return None
         entry = self._by_token.get(token_hash)
-        if entry is None or entry.expires < now:
+        if entry is None or entry.expires < time.monotonic():
             self.misses += 1
             return None
         self.hits += 1
@@ -169,15 +127,13 @@ class DeviceCache:
             self._by_token.clear()
             self._token_of.clear()
 
-    def fed(self, *, max_gap_s: float) -> None:
-        """The change feed was read, and its changes dropped, just now. The first read, or one after a gap
-        longer than ``max_gap_s`` (changes may have left the feed unread), empties the cache first."""
-        now = time.monotonic()
-        if self._fed_at is None or now - self._fed_at > max_gap_s:
-            self.clear()
-        self._fed_at = now
-        self.feeds += 1
+    def trust(self) -> None:
+        """Invalidation is listening (again): start afresh, then use entries. Whatever changed while nobody
+        listened is gone with the old entries."""
+        self.clear()
+        self._trusted = True
 
-    def stop(self) -> None:
-        """No more feed reads (shutdown): stop trusting entries; a later start begins afresh."""
-        self._fed_at = None
+    def distrust(self) -> None:
+        """Invalidation stopped listening (lost connection, shutdown): every heartbeat reads again."""
+        self._trusted = False
+        self.clear()

@@ -16,10 +16,10 @@ from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
 
 from bota_ota.app import create_app
-from bota_ota.config import Settings
-from bota_ota.db import session_scope
+from bota_ota.core.database import session_scope
+from bota_ota.core.settings import Settings
 from bota_ota.devices.models import Device
-from bota_ota.devices.telemetry import PendingTelemetry, TelemetryBuffer, write_telemetry
+from bota_ota.heartbeat.presence import PendingTelemetry, TelemetryBuffer, write_telemetry
 from tests.factories import ApiClient, heartbeat, make_token
 
 
@@ -58,7 +58,7 @@ def _device(admin: ApiClient, device_id: str) -> dict[str, Any]:
 
 
 def _flush(client: TestClient, app: Any) -> int:
-    return int(client.portal.call(app.state.background.flush))  # type: ignore[union-attr]
+    return int(client.portal.call(app.state.heartbeat.flush))  # type: ignore[union-attr]
 
 
 def _seen(admin: ApiClient, device_id: str) -> datetime:
@@ -93,7 +93,7 @@ def test_a_routine_heartbeat_writes_nothing_until_the_flush(
     d = _device(admin, known_device["id"])
     assert (d["battery"], d["rssi"], d["network"]) == (80, -70, "wifi")  # network omitted: kept
     assert datetime.fromisoformat(d["last_seen_at"]) > first_seen
-    assert len(app.state.ctx.telemetry) == 0
+    assert len(app.state.heartbeat.buffer) == 0
 
 
 def test_many_routine_heartbeats_are_one_batched_update(admin: ApiClient, app: Any, statements: Statements) -> None:
@@ -212,7 +212,7 @@ def test_the_buffer_is_written_on_shutdown(settings: Settings, sessions: Any) ->
         dev = admin.device()
         heartbeat(client, dev["token"], battery=90)
         heartbeat(client, dev["token"], battery=11, rssi=-99)
-        assert len(app.state.ctx.telemetry) == 1
+        assert len(app.state.heartbeat.buffer) == 1
     # The lifespan has ended (as on SIGTERM): the reading is in the database.
     with session_scope(app.state.ctx.sessions) as session:
         device = session.get(Device, dev["id"])
@@ -228,10 +228,10 @@ def test_a_failed_flush_keeps_the_readings_for_the_next_one(
     def database_down(*args: Any) -> int:
         raise ConnectionError("database unreachable")
 
-    monkeypatch.setattr("bota_ota.background.write_telemetry", database_down)
+    monkeypatch.setattr("bota_ota.heartbeat.runtime.write_telemetry", database_down)
     with pytest.raises(ConnectionError):
         _flush(admin.client, app)
-    assert len(app.state.ctx.telemetry) == 1
+    assert len(app.state.heartbeat.buffer) == 1
     heartbeat(admin.client, known_device["token"], rssi=-77)  # arrives meanwhile, merged with the kept one
     monkeypatch.undo()
     assert _flush(admin.client, app) == 1
@@ -295,12 +295,12 @@ def test_the_flusher_writes_within_its_interval_without_being_asked(self_flushin
     heartbeat(admin.client, dev["token"], battery=90)
     heartbeat(admin.client, dev["token"], battery=12)
     _wait_until_written(admin, dev["id"], 12)
-    assert len(app.state.ctx.telemetry) == 0
+    assert len(app.state.heartbeat.buffer) == 0
 
 
 def test_a_full_buffer_is_written_before_its_interval(admin: ApiClient, app: Any) -> None:
     # The app under test flushes every ten minutes; a full buffer must not wait for that.
-    app.state.ctx.telemetry.flush_at = 3
+    app.state.heartbeat.buffer.flush_at = 3
     devices = [admin.device() for _ in range(3)]
     for dev in devices:
         heartbeat(admin.client, dev["token"], battery=90)

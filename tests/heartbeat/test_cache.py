@@ -15,18 +15,18 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from bota_ota.devices.changes import DeviceChange, FeedPosition, note_changed_devices, prune_changes, read_changes
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, literal_column, select
 from sqlalchemy.exc import OperationalError
 
 from bota_ota.app import create_app
-from bota_ota.config import Settings
-from bota_ota.db import session_scope, utcnow
-from bota_ota.devices.changes import DeviceChange, FeedPosition, note_changed_devices, prune_changes, read_changes
+from bota_ota.core.database import session_scope, utcnow
+from bota_ota.core.settings import Settings
 from bota_ota.devices.models import Device
-from bota_ota.ota.device_cache import DeviceCache, DeviceSnapshot
-from bota_ota.ota.fast_path import MAX_BODY_BYTES
-from bota_ota.ota.heartbeat import NOT_READ
+from bota_ota.heartbeat.cache import DeviceCache, DeviceSnapshot
+from bota_ota.heartbeat.entrance import MAX_BODY_BYTES
+from bota_ota.heartbeat.rules import NOT_READ
 from bota_ota.ota.models import Assignment
 from tests.factories import ApiClient, assert_problem, heartbeat, make_token
 from tests.ota.test_lean_heartbeat import Statements
@@ -50,7 +50,7 @@ def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> Non
 
 
 def _cache(app: Any) -> DeviceCache:
-    cache: DeviceCache = app.state.ctx.device_cache
+    cache: DeviceCache = app.state.heartbeat.cache
     _until(cache.usable, "the change feed's first read")
     return cache
 
@@ -88,7 +88,7 @@ def test_a_cached_routine_heartbeat_runs_no_sql(admin: ApiClient, app: Any) -> N
         assert r.json() == {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None}
     assert statements.seen == []
     assert cache.hits == hits + 3
-    assert app.state.ctx.telemetry.peek(dev["id"]).battery == 73  # the readings still go to the buffer
+    assert app.state.heartbeat.buffer.peek(dev["id"]).battery == 73  # the readings still go to the buffer
 
 
 def test_an_assignment_made_here_is_delivered_at_the_next_heartbeat(admin: ApiClient, app: Any) -> None:
@@ -182,7 +182,7 @@ def test_no_cache_when_its_size_is_zero(settings: Settings) -> None:
         dev = admin.device()
         for _ in range(4):
             assert heartbeat(client, dev["token"]).status_code == 200
-        assert len(app.state.ctx.device_cache) == 0
+        assert len(app.state.heartbeat.cache) == 0
         assignment = admin.assign(dev["id"], _release_id(admin)).json()
         assert heartbeat(client, dev["token"]).json()["ota"]["assignment_id"] == assignment["id"]
 
@@ -354,7 +354,7 @@ def test_bulk_statements_name_their_devices_in_the_feed(app: Any, admin: ApiClie
 def test_a_busy_inline_read_falls_back_to_a_worker_thread(
     admin: ApiClient, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reader = app.state.ctx.inline_reader
+    reader = app.state.heartbeat.reader
     if reader is None:
         pytest.skip("the inline read is SQLite's")
     dev = admin.device()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bota_ota.accounts import service as accounts
-from bota_ota.config import Settings
-from bota_ota.db import make_engine, make_sessionmaker, session_scope
-from bota_ota.errors import Conflict
-from bota_ota.migrate import upgrade_to_head
-from bota_ota.security import new_password
+from bota_ota.core.database import make_engine, make_sessionmaker, session_scope
+from bota_ota.core.errors import Conflict
+from bota_ota.core.migrate import upgrade_to_head
+from bota_ota.core.security import new_password
+from bota_ota.core.settings import Settings
 
 ADMIN_EMAIL = "admin@localhost"
 

@@ -22,8 +22,9 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, or_, update
 from sqlalchemy.engine import Engine
 
-from bota_ota.db import UTCDateTime
+from bota_ota.core.database import UTCDateTime, utcnow
 from bota_ota.devices.models import Device
+from bota_ota.heartbeat.schemas import Heartbeat
 from bota_ota.ota.models import Assignment
 
 log = logging.getLogger(__name__)
@@ -153,3 +154,30 @@ def write_telemetry(engine: Engine, entries: dict[str, PendingTelemetry]) -> int
         with engine.begin() as conn:
             conn.execute(_FLUSH_PROGRESS, progress[start : start + FLUSH_BATCH_ROWS])
     return written
+
+
+def apply_telemetry(
+    device: Device,
+    hb: Heartbeat,
+    *,
+    via_ble: bool,
+    now: datetime | None = None,
+    pending: PendingTelemetry | None = None,
+) -> None:
+    """Store a heartbeat's telemetry on the row. ``pending`` is this instance's buffered, not yet written
+    reading of the device: its values count where this heartbeat leaves a field out."""
+    if pending is not None and (device.last_seen_at is None or pending.seen_at > device.last_seen_at):
+        device.battery = pending.battery if pending.battery is not None else device.battery
+        device.network = pending.network if pending.network is not None else device.network
+        device.rssi = pending.rssi if pending.rssi is not None else device.rssi
+    device.last_seen_at = now or utcnow()
+    device.firmware_version = hb.firmware_version.strip()
+    device.recording = bool(hb.recording)
+    if hb.battery is not None:
+        device.battery = hb.battery
+    if hb.network is not None:
+        device.network = hb.network
+    if hb.rssi is not None:
+        device.rssi = hb.rssi
+    # The device's own heartbeat means it is no longer in BLE mode; a relayed one means it is.
+    device.ble_connected = via_ble

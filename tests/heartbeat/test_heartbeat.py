@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bota_ota.ota import fast_path
+from bota_ota.heartbeat import runtime
 from bota_ota.storage import local
 from tests.factories import ApiClient, assert_problem, crc32, firmware_bytes, heartbeat, sha256_hex
 
@@ -181,7 +181,7 @@ def _clock_moves_on(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Move the server's clocks (the URL signer's and the heartbeat's) forward by ``seconds``."""
     later = time.time() + seconds
     monkeypatch.setattr(local, "time", types.SimpleNamespace(time=lambda: later))
-    monkeypatch.setattr(fast_path, "utcnow", lambda: datetime.fromtimestamp(later, UTC))
+    monkeypatch.setattr(runtime, "utcnow", lambda: datetime.fromtimestamp(later, UTC))
 
 
 def test_delivered_without_progress_is_redelivered_with_a_fresh_url(
@@ -234,7 +234,7 @@ def test_progress_is_recorded(admin: ApiClient, setup: dict[str, Any]) -> None:
     heartbeat(admin.client, setup["token"], ota={"assignment_id": aid, "state": "downloading", "progress": 77})
     # Only the percentage moved (same state): written behind with the telemetry, like last-seen.
     assert _assignment(admin, aid)["progress"] == 42
-    admin.client.portal.call(admin.client.app.state.background.flush)  # type: ignore[attr-defined,union-attr]
+    admin.client.portal.call(admin.client.app.state.heartbeat.flush)  # type: ignore[attr-defined,union-attr]
     a = _assignment(admin, aid)
     assert (a["ota_state"], a["progress"]) == ("downloading", 77)
     assert a["status"] == "delivered"

@@ -27,50 +27,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bota_ota.core.errors import DomainError
+
 log = logging.getLogger(__name__)
 
 PROBLEM_BASE = "https://bota-ota.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-
-class DomainError(Exception):
-    status: int = 400
-    slug: str = "bad-request"
-    title: str = "Bad request"
-
-    def __init__(self, detail: str, *, field: str | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.field = field
-        self.extra = extra
-
-
-class NotFound(DomainError):
-    status, slug, title = 404, "not-found", "Not found"
-
-
-class Conflict(DomainError):
-    status, slug, title = 409, "conflict", "Conflict"
-
-
-class ValidationFailed(DomainError):
-    status, slug, title = 422, "validation", "Validation failed"
-
-
-class Unauthorized(DomainError):
-    status, slug, title = 401, "unauthorized", "Authentication required"
-
-
-class Forbidden(DomainError):
-    status, slug, title = 403, "forbidden", "Forbidden"
-
-
-class PayloadTooLarge(DomainError):
-    status, slug, title = 413, "payload-too-large", "Payload too large"
-
-
-class UnsupportedMediaType(DomainError):
-    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
 
 
 def problem_response(

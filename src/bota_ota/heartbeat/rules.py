@@ -1,0 +1,150 @@
+"""The heartbeat's rules: what one heartbeat means, as a pure function of data.
+
+``plan_heartbeat(device, assignment, heartbeat, now)`` takes what the server knows of the device (a cached
+``DeviceSnapshot`` or the locked ORM rows) and what the device says, and returns a ``Plan``: whether the
+telemetry must be written at once, what progress to record, and the outcome for the active assignment.
+No I/O, no clock of its own: docs/device-protocol.md ("What the server does with a heartbeat") as code,
+tested with tables of cases (tests/heartbeat/test_rules.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from bota_ota.firmware.versions import versions_equal
+from bota_ota.heartbeat.schemas import Heartbeat, OtaReport
+
+# While the device says it is verifying, writing or rebooting, a download URL is of no use to it.
+NO_MANIFEST_STATES = frozenset({"verifying", "writing", "rebooting"})
+
+Outcome = Literal["none", "apply", "fail", "hold", "defer", "deliver", "redeliver", "resend"]
+RECORDED_OUTCOMES = frozenset({"apply", "fail", "deliver", "redeliver"})
+MANIFEST_OUTCOMES = frozenset({"deliver", "redeliver", "resend"})
+
+
+@dataclass(frozen=True, slots=True)
+class BinRef:
+    """The .bin of the assignment's release: what a manifest needs besides a signed URL."""
+
+    storage_key: str
+    size: int
+    crc32: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentView:
+    """The active assignment as a heartbeat plan sees it (ORM ``Assignment`` rows qualify too)."""
+
+    id: str
+    version: str
+    status: str
+    ota_state: str | None
+    progress: int | None
+    delivery_expires_at: datetime | None
+    release_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSnapshot:
+    """One device with its active assignment, as read by the heartbeat's read step."""
+
+    id: str
+    last_seen_at: datetime | None
+    firmware_version: str | None
+    recording: bool
+    ble_connected: bool
+    assignment: AssignmentView | None
+    bin: BinRef | None
+
+
+class DeviceState(Protocol):
+    """What a plan reads of a device: an ORM ``Device`` or a cached ``DeviceSnapshot``."""
+
+    @property
+    def last_seen_at(self) -> datetime | None: ...
+    @property
+    def firmware_version(self) -> str | None: ...
+    @property
+    def recording(self) -> bool: ...
+    @property
+    def ble_connected(self) -> bool: ...
+
+
+class AssignmentState(Protocol):
+    """What a plan reads of the active assignment: an ORM ``Assignment`` or an ``AssignmentView``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def ota_state(self) -> str | None: ...
+    @property
+    def progress(self) -> int | None: ...
+    @property
+    def delivery_expires_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one heartbeat means for the device row and its active assignment."""
+
+    material: bool  # telemetry that is written at once (see material_change)
+    progress: OtaReport | None  # a change of reported progress to record
+    outcome: Outcome
+    # none: no active assignment · apply / fail: final · hold: no manifest while verifying/writing/rebooting
+    # defer: recording · deliver: pending → delivered · redeliver: manifest again, recorded because the last
+    # recorded URL has expired · resend: manifest again with a fresh URL, nothing recorded
+    # Only the percentage moved, within the same state: written behind with the telemetry (no event either
+    # way), unless the heartbeat writes anyway.
+    progress_only: bool = False
+
+    @property
+    def writes(self) -> bool:
+        return (
+            self.material or (self.progress is not None and not self.progress_only) or self.outcome in RECORDED_OUTCOMES
+        )
+
+
+def material_change(device: DeviceState, hb: Heartbeat) -> bool:
+    """Telemetry that must not wait for the write-behind flush: it decides deliveries and what people see."""
+    return (
+        device.last_seen_at is None  # the first heartbeat: "never seen" → online at once
+        or device.firmware_version != hb.firmware_version.strip()
+        or device.recording != bool(hb.recording)
+        or device.ble_connected  # the device speaks for itself again: BLE mode ends (an event)
+    )
+
+
+def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: Heartbeat, now: datetime) -> Plan:
+    """The rules of docs/device-protocol.md ("What the server does with a heartbeat"), without side effects."""
+    material = material_change(device, hb)
+    if assignment is None:
+        return Plan(material, None, "none")
+    if versions_equal(hb.firmware_version, assignment.version):
+        return Plan(material, None, "apply")
+    report = hb.ota if hb.ota is not None and hb.ota.assignment_id == assignment.id else None
+    progress = None
+    only = False
+    if report is not None and assignment.status == "delivered":
+        if report.state == "failed":
+            return Plan(material, None, "fail")
+        if (report.state, report.progress) != (assignment.ota_state, assignment.progress):
+            progress = report
+            only = report.state == assignment.ota_state
+        if report.state in NO_MANIFEST_STATES:
+            return Plan(material, progress, "hold", only)
+    if hb.recording:
+        return Plan(material, progress, "defer", only)
+    if assignment.status == "pending":
+        return Plan(material, progress, "deliver", only)
+    if report is None and (assignment.delivery_expires_at is None or now >= assignment.delivery_expires_at):
+        # The device is not working on it and the last recorded URL is dead: worth an event. Heartbeats in
+        # between get a fresh URL too, but recording each of them would only add noise.
+        return Plan(material, progress, "redeliver", only)
+    return Plan(material, progress, "resend", only)

@@ -1,0 +1,50 @@
+"""What a device sends in a heartbeat and what it gets back (docs/device-protocol.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bota_ota.core.schemas import InputModel
+
+OtaState = Literal["downloading", "verifying", "writing", "rebooting", "failed"]
+
+
+class OtaReport(InputModel):
+    model_config = ConfigDict(extra="ignore")
+
+    assignment_id: str = Field(min_length=1, max_length=64)
+    state: OtaState
+    progress: int | None = Field(None, ge=0, le=100)
+    error: str | None = Field(None, max_length=500)
+
+
+class Heartbeat(InputModel):
+    model_config = ConfigDict(extra="ignore")  # newer firmware may send more
+
+    firmware_version: str = Field(min_length=1, max_length=64, examples=["v1.0.0"])
+    recording: bool | None = None
+    battery: int | None = Field(None, ge=0, le=100)
+    network: Literal["wifi", "cellular"] | None = None
+    rssi: int | None = Field(None, ge=-200, le=0)
+    ota: OtaReport | None = None
+
+
+class OtaManifest(BaseModel):
+    assignment_id: str
+    version: str
+    url: str
+    expires_at: datetime
+    size: int
+    crc32: int
+    sha256: str
+
+
+class HeartbeatReply(BaseModel):
+    heartbeat_interval_s: int
+    ota: OtaManifest | None
+    ota_deferred: Literal["recording"] | None = Field(
+        None, description="Why the active (pending or delivered) assignment's manifest was not sent in this reply"
+    )
