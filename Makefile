@@ -5,7 +5,7 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: help serve test test-sqlite test-postgres lint typecheck fmt install clean screenshots
+.PHONY: help serve test test-fast lint typecheck fmt install clean screenshots bench
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,12 +30,18 @@ tests/s3server/node_modules/.package-lock.json: tests/s3server/package-lock.json
 test: install tests/s3server/node_modules/.package-lock.json ## Run the whole test suite (SQLite; PostgreSQL too when BOTA_OTA_TEST_DATABASE_URL is set)
 	scripts/test $(PYTEST_ARGS)
 
+FAST_MARKERS := not e2e and not s3 and not ble and not browser and not sim
+
+test-fast: install ## The inner loop (under 3 minutes): everything but real processes, browser, BLE, S3 and simulators; SQLite
+	env -u BOTA_OTA_TEST_DATABASE_URL .venv/bin/pytest -n 2 -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+
 screenshots: install ## Save PNGs of the portal's main pages under docs/screenshots/ (needs Debian's chromium)
 	.venv/bin/python -m tests.browser.screenshots
 
-lint: install ## ruff lint + format check
+lint: install ## ruff lint + format check, and the import contracts (one direction between the layers)
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
+	.venv/bin/lint-imports
 
 typecheck: install ## mypy on src/
 	.venv/bin/mypy

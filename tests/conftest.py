@@ -21,10 +21,17 @@ from bota_ota.app import create_app
 from bota_ota.core.database import Base, make_engine, session_scope
 from bota_ota.core.migrate import upgrade_to_head
 from bota_ota.core.settings import Settings
-from tests.factories import ApiClient, make_token
+from tests.support.database import PG_URL
+from tests.support.factories import ApiClient, make_token
 from tests.support.s3rver import S3rverError, S3rverInfo, S3rverProcess
 
-PG_URL = os.environ.get("BOTA_OTA_TEST_DATABASE_URL")
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything under tests/sim drives the simulators; `make test-fast` leaves them out by this marker.
+    sim_dir = Path(__file__).parent / "sim"
+    for item in items:
+        if sim_dir in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.sim)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -32,13 +32,14 @@ from bota_ota.heartbeat.runtime import HeartbeatRuntime
 from bota_ota.mobile.api import mgmt_router as app_users_router
 from bota_ota.mobile.api import router as mobile_router
 from bota_ota.mobile.sweeps import end_silent_ble_modes
+from bota_ota.ota.api import devices_router as fleet_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.sweeps import fail_stalled_deliveries
 from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
 from bota_ota.storage import make_blob_store
-from bota_ota.storage.api import router as download_router
+from bota_ota.web.downloads import router as download_router
 from bota_ota.web.context import AppContext
 from bota_ota.web.deps import CtxDep
 from bota_ota.web.middleware import CloseSessionsMiddleware, DatabaseAdmissionMiddleware
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "portal" / "static"), name="static")
     for router in (
         firmware_router,
+        fleet_router,
         devices_router,
         assignments_router,
         device_router,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories import ApiClient, firmware_bytes
+from tests.support.factories import ApiClient, firmware_bytes
 
 
 def _entries(api: ApiClient, **params: Any) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect as sa_inspect
 
 from bota_ota.devices.models import Device
-from tests.factories import ApiClient, assert_problem, heartbeat
+from tests.support.factories import ApiClient, assert_problem, heartbeat
 
 DEVICE_KEYS = {
     "id",

@@ -28,11 +28,11 @@ from bota_ota.core.database import make_engine
 from bota_ota.devices.models import Device, DeviceEvent
 from bota_ota.sim.device import Timing
 from bota_ota.sim.fleet import Fleet, FleetConfig, provision
-from tests.conftest import PG_URL
-from tests.sim.conftest import run_fleet
 from tests.support.balancer import RoundRobinBalancer
+from tests.support.database import PG_URL
 from tests.support.s3rver import S3rverInfo
 from tests.support.server import ServerProcess, cli, server_env
+from tests.support.sim import run_fleet
 
 pytestmark = [
     pytest.mark.e2e,

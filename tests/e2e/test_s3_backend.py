@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from bota_ota.app import create_app
 from bota_ota.core.settings import Settings
-from tests.factories import ApiClient, firmware_bytes, heartbeat, make_token
+from tests.support.factories import ApiClient, firmware_bytes, heartbeat, make_token
 from tests.support.s3rver import S3rverInfo
 
 pytestmark = pytest.mark.s3

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from bota_ota.heartbeat import runtime
 from bota_ota.storage import local
-from tests.factories import ApiClient, assert_problem, crc32, firmware_bytes, heartbeat, sha256_hex
+from tests.support.factories import ApiClient, assert_problem, crc32, firmware_bytes, heartbeat, sha256_hex
 
 URL = "/api/device/v1/heartbeat"
 

@@ -12,40 +12,20 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import update
 
 from bota_ota.app import create_app
 from bota_ota.core.database import session_scope
 from bota_ota.core.settings import Settings
 from bota_ota.devices.models import Device
 from bota_ota.heartbeat.presence import PendingTelemetry, TelemetryBuffer, write_telemetry
-from tests.factories import ApiClient, heartbeat, make_token
+from tests.support.factories import ApiClient, heartbeat, make_token
+from tests.support.statements import Statements
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"telemetry_flush_interval_s": 600.0, "sweep_interval_s": 3600.0})
-
-
-class Statements:
-    """Every SQL statement the app's engine sends, so a test can see whether a request wrote anything."""
-
-    WRITES = ("INSERT", "UPDATE", "DELETE", "BEGIN IMMEDIATE")
-
-    def __init__(self, engine: Engine) -> None:
-        self.seen: list[str] = []
-        event.listen(engine, "before_cursor_execute", self._record)
-
-    def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.seen.append(" ".join(statement.split()))
-
-    def clear(self) -> None:
-        self.seen.clear()
-
-    @property
-    def writes(self) -> list[str]:
-        return [s for s in self.seen if s.upper().startswith(self.WRITES) or "FOR UPDATE" in s.upper()]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from bota_ota.core.security import hash_token
 from bota_ota.heartbeat.reply import HeartbeatCall, ManifestSigner
 from bota_ota.heartbeat.schemas import Heartbeat, HeartbeatReply
 from bota_ota.heartbeat.write import write_batch
-from tests.factories import ApiClient, heartbeat
+from tests.support.factories import ApiClient, heartbeat
 
 
 def _batcher(app: Any) -> Any:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, assert_problem, firmware_bytes, heartbeat
+from tests.support.factories import ApiClient, assert_problem, firmware_bytes, heartbeat
 
 
 class App:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.factories import ApiClient, assert_problem, firmware_bytes, heartbeat, post_firmware
+from tests.support.factories import ApiClient, assert_problem, firmware_bytes, heartbeat, post_firmware
 
 ASSIGNMENT_KEYS = {
     "id",

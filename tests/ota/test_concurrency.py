@@ -29,8 +29,8 @@ from bota_ota.firmware import service as firmware_service
 from bota_ota.firmware.models import Release
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import Assignment
-from tests.conftest import PG_URL
-from tests.factories import ApiClient, files_in, firmware_bytes
+from tests.support.database import PG_URL
+from tests.support.factories import ApiClient, files_in, firmware_bytes
 from tests.support.server import ServerProcess, cli, server_env
 
 pytestmark = pytest.mark.e2e

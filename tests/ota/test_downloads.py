@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from bota_ota.core.settings import Settings
 from bota_ota.storage.local import sign
-from tests.factories import ApiClient, assert_problem, firmware_bytes, heartbeat
+from tests.support.factories import ApiClient, assert_problem, firmware_bytes, heartbeat
 
 
 @pytest.fixture

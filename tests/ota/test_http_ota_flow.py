@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from tests.factories import ApiClient, firmware_bytes, heartbeat
+from tests.support.factories import ApiClient, firmware_bytes, heartbeat
 
 
 def test_pending_delivered_applied(admin: ApiClient) -> None:

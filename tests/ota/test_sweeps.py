@@ -23,8 +23,8 @@ from bota_ota.mobile.sweeps import end_silent_ble_modes
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import Assignment, AssignmentEvent
 from bota_ota.ota.sweeps import fail_stalled_deliveries
-from tests.conftest import PG_URL
-from tests.factories import ApiClient, heartbeat
+from tests.support.database import PG_URL
+from tests.support.factories import ApiClient, heartbeat
 
 DAY = 24 * 3600
 needs_postgres = pytest.mark.skipif(not PG_URL, reason="SKIP LOCKED concurrency is tested on PostgreSQL")

@@ -1,82 +1,16 @@
-"""A real server process and an in-process simulated fleet talking to it over loopback HTTP."""
+"""Fixtures of the simulator tests; the helpers live in tests/support/sim.py."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from bota_ota.sim.device import Timing
-from bota_ota.sim.faults import Faults
-from bota_ota.sim.fleet import Fleet, FleetConfig, provision
-from tests.conftest import PG_URL
+from tests.support.database import PG_URL
 from tests.support.server import ServerProcess, cli, server_env
-
-
-@dataclass
-class SimServer:
-    proc: ServerProcess
-    api: httpx.Client
-    token: str
-    tmp: Path
-
-    @property
-    def url(self) -> str:
-        return self.proc.url
-
-    def release(self, version: str, size: int = 300_000, model: str = "bota-pin") -> dict[str, Any]:
-        r = self.api.post(
-            "/api/v1/firmware",
-            data={"version": version, "model": model},
-            files={"bin": (f"{version}.bin", os.urandom(size))},
-        )
-        assert r.status_code == 201, r.text
-        return dict(r.json())
-
-    def assign_all(self, device_ids: list[str], release_id: str) -> dict[str, str]:
-        out = {}
-        for device_id in device_ids:
-            r = self.api.post(f"/api/v1/devices/{device_id}/assignments", json={"release_id": release_id})
-            assert r.status_code == 201, r.text
-            out[device_id] = r.json()["id"]
-        return out
-
-    def statuses(self, assignment_ids: list[str]) -> dict[str, str]:
-        """One request for the lot (the newest 1,000 assignments), not one per assignment: the check runs
-        every 0.25 s, and the fleet shares the process."""
-        wanted = set(assignment_ids)
-        rows = self.api.get("/api/v1/assignments", params={"limit": 1000}).json()
-        found = {a["id"]: a["status"] for a in rows if a["id"] in wanted}
-        missing = wanted - found.keys()
-        found.update({a: self.api.get(f"/api/v1/assignments/{a}").json()["status"] for a in missing})
-        return found
-
-    def assignment(self, assignment_id: str) -> dict[str, Any]:
-        return dict(self.api.get(f"/api/v1/assignments/{assignment_id}").json())
-
-    def config(self, devices: int, *, faults: str = "", prefix: str = "T", seed: int = 7, **timing: Any) -> FleetConfig:
-        timing.setdefault("reboot_s", 0.3)
-        timing.setdefault("write_s", 0.05)
-        timing.setdefault("backoff_base_s", 0.05)
-        timing.setdefault("backoff_max_s", 0.5)
-        return FleetConfig(
-            server=self.url,
-            devices=devices,
-            prefix=prefix,
-            faults=Faults.parse(faults),
-            seed=seed,
-            timing=Timing(**timing),
-            flash_dir=self.tmp / "flash",
-            state_file=self.tmp / f"state-{prefix}.json",
-            start_spread_s=0.5,
-        )
+from tests.support.sim import SimServer
 
 
 @pytest.fixture
@@ -100,36 +34,3 @@ def sim_server(tmp_path: Path, database_url: str) -> Iterator[SimServer]:
     finally:
         api.close()
         proc.stop()
-
-
-async def run_fleet(
-    fleet: Fleet,
-    until: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    *,
-    timeout: float = 60.0,
-) -> None:
-    """Run the fleet until ``until()`` is true (checked every 0.25 s); fail the test on timeout."""
-    runner = asyncio.create_task(fleet.run())
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            # A plain function (blocking HTTP calls) runs in a thread, so the devices' loop keeps going.
-            done = until() if asyncio.iscoroutinefunction(until) else await asyncio.to_thread(until)
-            if asyncio.iscoroutine(done):
-                done = await done
-            if done:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"fleet did not get there in {timeout}s; states {fleet.states()}, "
-                    f"versions {fleet.versions()}, stats {fleet.stats()}"
-                )
-            await asyncio.sleep(0.25)
-    finally:
-        fleet.stop()
-        await runner
-
-
-async def start_fleet(server: SimServer, config: FleetConfig) -> Fleet:
-    creds = await provision(config, server.token)
-    return Fleet(config, creds)

@@ -22,7 +22,7 @@ from bota_ota.sim.ble.link import VirtualLink
 from bota_ota.sim.ble_device import BleSimDevice, attach_ble
 from bota_ota.sim.device import SimDevice
 from bota_ota.sim.fleet import Fleet
-from tests.sim.conftest import SimServer, start_fleet
+from tests.support.sim import SimServer, start_fleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ble]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.sim.conftest import SimServer
+from tests.support.sim import SimServer
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PG_URL
+from tests.support.database import PG_URL
 from tests.support.server import ServerProcess, server_env
 
 pytestmark = pytest.mark.e2e

@@ -18,8 +18,8 @@ import pytest
 
 from bota_ota.sim.device import MAX_DOWNLOAD_RETRIES, Job, Network, SimDevice
 from bota_ota.sim.faults import FaultProxy
-from tests.sim.conftest import SimServer, run_fleet, start_fleet
 from tests.support.server import free_port
+from tests.support.sim import SimServer, run_fleet, start_fleet
 
 
 class _SlowStream(httpx.AsyncByteStream):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.sim.conftest import SimServer, run_fleet, start_fleet
+from tests.support.sim import SimServer, run_fleet, start_fleet
 
 pytestmark = pytest.mark.e2e
 

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from bota_ota.core import audit
@@ -13,10 +13,8 @@ from bota_ota.core.device_models import check_model
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.security import hash_claim_code, hash_token, new_claim_code, new_token
 from bota_ota.devices.models import Device, DeviceEvent
-from bota_ota.devices.schemas import DEVICE_ID_MESSAGE, DEVICE_ID_RE, DeviceOut
+from bota_ota.devices.schemas import DEVICE_ID_MESSAGE, DEVICE_ID_RE
 from bota_ota.firmware.versions import InvalidVersion, normalize_version, version_sort_key
-from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
-from bota_ota.ota.schemas import AssignmentSummary
 
 DEVICE_TOKEN_PREFIX = "bota_dt"
 
@@ -102,19 +100,15 @@ def authenticate_device(session: Session, token: str) -> Device | None:
     return session.scalar(select(Device).where(Device.token_hash == hash_token(token)))
 
 
-def list_devices(
-    session: Session,
+def device_filter(
     *,
     model: str | None = None,
     q: str | None = None,
     firmware_version: str | None = None,
     online: bool | None = None,
     online_window_s: int = 130,
-    assignment_status: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> tuple[Sequence[Device], int]:
-    """Devices by id; ``assignment_status`` matches the status of each device's latest assignment."""
+) -> Select[Device]:
+    """The devices matching these filters, as a query to page or extend (``ota.fleet`` adds the update status)."""
     query = select(Device)
     if model:
         query = query.where(Device.model == check_model(model))
@@ -124,16 +118,6 @@ def list_devices(
         since = utcnow() - timedelta(seconds=online_window_s)
         seen = Device.last_seen_at >= since
         query = query.where(seen if online else or_(Device.last_seen_at.is_(None), Device.last_seen_at < since))
-    if assignment_status:
-        latest = (
-            select(Assignment.status)
-            .where(Assignment.device_id == Device.id)
-            .order_by(Assignment.created_at.desc(), Assignment.id.desc())
-            .limit(1)
-            .correlate(Device)
-            .scalar_subquery()
-        )
-        query = query.where(latest == assignment_status)
     if q:
         needle = q.strip().lower()
         # autoescape: "_" and "%" in the search are literal characters, not wildcards.
@@ -143,18 +127,7 @@ def list_devices(
                 func.lower(Device.name).contains(needle, autoescape=True),
             )
         )
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Device.id).limit(limit).offset(offset)).all()
-    return rows, total
-
-
-def active_assignments_for(session: Session, device_ids: Sequence[str]) -> dict[str, Assignment]:
-    if not device_ids:
-        return {}
-    rows = session.scalars(
-        select(Assignment).where(Assignment.device_id.in_(device_ids), Assignment.status.in_(ACTIVE_STATUSES))
-    ).all()
-    return {a.device_id: a for a in rows}
+    return query
 
 
 def is_online(last_seen_at: datetime | None, window_s: int, now: datetime | None = None) -> bool:
@@ -168,27 +141,6 @@ def ble_active(device: Device, timeout_s: int, now: datetime | None = None) -> b
     if not device.ble_connected or device.ble_last_relay_at is None:
         return False
     return (now or utcnow()) - device.ble_last_relay_at <= timedelta(seconds=timeout_s)
-
-
-def device_out(
-    device: Device, active: Assignment | None, *, online_window_s: int, ble_timeout_s: int = 180
-) -> DeviceOut:
-    return DeviceOut(
-        id=device.id,
-        model=device.model,
-        name=device.name,
-        created_at=device.created_at,
-        firmware_version=device.firmware_version,
-        last_seen_at=device.last_seen_at,
-        online=is_online(device.last_seen_at, online_window_s),
-        recording=device.recording,
-        network=device.network,
-        battery=device.battery,
-        rssi=device.rssi,
-        ble_connected=ble_active(device, ble_timeout_s),
-        owner=device.owner.email if device.owner else None,
-        active_assignment=AssignmentSummary.model_validate(active) if active else None,
-    )
 
 
 def fleet_counts(session: Session, *, online_window_s: int) -> tuple[int, int]:

@@ -10,8 +10,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from bota_ota.accounts.deps import Operator, Viewer
 from bota_ota.accounts.models import AppUser
 from bota_ota.core.errors import Unauthorized
-from bota_ota.devices.schemas import DeviceOut
-from bota_ota.devices.service import active_assignments_for, device_out
 from bota_ota.heartbeat.schemas import Heartbeat
 from bota_ota.mobile import service
 from bota_ota.mobile.schemas import (
@@ -28,6 +26,8 @@ from bota_ota.mobile.schemas import (
     OwnerSet,
     RelayReply,
 )
+from bota_ota.ota.fleet import active_assignments_for, device_out
+from bota_ota.ota.schemas import DeviceOut
 from bota_ota.web.deps import SessionDep, SettingsDep, StoreDep, base_url, bearer_secret
 
 router = APIRouter(prefix="/api/app/v1", tags=["mobile app"])

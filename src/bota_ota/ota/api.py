@@ -1,4 +1,4 @@
-"""Management API for assignments."""
+"""Management API for assignments, and for devices shown with their active assignment (``fleet.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from bota_ota.accounts.deps import Operator, Viewer
-from bota_ota.devices.service import get_device
-from bota_ota.ota import service
-from bota_ota.ota.schemas import AssignmentCreate, AssignmentDetail, AssignmentOut, AssignmentStatus
-from bota_ota.web.deps import SessionDep
+from bota_ota.devices import service as devices
+from bota_ota.devices.schemas import DeviceCreate
+from bota_ota.ota import fleet, service
+from bota_ota.ota.schemas import (
+    AssignmentCreate,
+    AssignmentDetail,
+    AssignmentOut,
+    AssignmentStatus,
+    DeviceCreated,
+    DeviceOut,
+)
+from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(tags=["assignments"])
+devices_router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
 
 
 @router.post(
@@ -43,7 +52,7 @@ def device_assignments(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AssignmentOut]:
-    get_device(session, device_id)
+    devices.get_device(session, device_id)
     rows, total = service.list_assignments(session, device_id=device_id, limit=limit, offset=offset)
     response.headers["X-Total-Count"] = str(total)
     return [AssignmentOut.model_validate(a) for a in rows]
@@ -83,3 +92,70 @@ def get_assignment(assignment_id: str, session: SessionDep, _: Viewer) -> Assign
 )
 def cancel_assignment(assignment_id: str, session: SessionDep, principal: Operator) -> AssignmentOut:
     return AssignmentOut.model_validate(service.cancel_assignment(session, assignment_id, actor=principal.actor))
+
+
+# ---- devices with their active assignment -----------------------------------------------------------
+
+
+@devices_router.post(
+    "",
+    status_code=201,
+    response_model=DeviceCreated,
+    summary="Register a device; the reply carries its token, shown only this once",
+)
+def register_device(
+    body: DeviceCreate, session: SessionDep, settings: SettingsDep, principal: Operator
+) -> DeviceCreated:
+    device, token, claim_code = devices.register_device(
+        session, device_id=body.id, model=body.model, name=body.name, actor=principal.actor
+    )
+    out = fleet.device_out(
+        device, None, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
+    return DeviceCreated(**out.model_dump(), token=token, claim_code=claim_code)
+
+
+@devices_router.get("", response_model=list[DeviceOut], summary="List devices (total count in X-Total-Count)")
+def list_devices(
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: Viewer,
+    model: Annotated[str | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
+    q: Annotated[str | None, Query(max_length=100, description="Search in id and name")] = None,
+    firmware_version: Annotated[str | None, Query(max_length=64)] = None,
+    online: bool | None = None,
+    assignment_status: Annotated[
+        AssignmentStatus | None, Query(description="Status of each device's latest assignment")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[DeviceOut]:
+    devices, total = fleet.list_devices(
+        session,
+        model=model,
+        q=q,
+        firmware_version=firmware_version,
+        online=online,
+        online_window_s=settings.online_window_s,
+        assignment_status=assignment_status,
+        limit=limit,
+        offset=offset,
+    )
+    active = fleet.active_assignments_for(session, [d.id for d in devices])
+    response.headers["X-Total-Count"] = str(total)
+    return [
+        fleet.device_out(
+            d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+        )
+        for d in devices
+    ]
+
+
+@devices_router.get("/{device_id}", response_model=DeviceOut)
+def get_device(device_id: str, session: SessionDep, settings: SettingsDep, _: Viewer) -> DeviceOut:
+    device = devices.get_device(session, device_id)
+    active = fleet.active_assignments_for(session, [device.id]).get(device.id)
+    return fleet.device_out(
+        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )

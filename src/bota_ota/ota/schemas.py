@@ -60,3 +60,30 @@ class AssignmentDetail(AssignmentOut):
 
 
 # ---- the device API ------------------------------------------------------------------------------
+
+
+# ---- the fleet read model: a device with its active assignment ----------------------------------------
+
+
+class DeviceOut(BaseModel):
+    id: str
+    model: str
+    name: str | None
+    created_at: datetime
+    firmware_version: str | None
+    last_seen_at: datetime | None
+    online: bool
+    recording: bool
+    network: str | None
+    battery: int | None
+    rssi: int | None
+    ble_connected: bool
+    owner: str | None = Field(None, description="E-mail of the app user who owns the device")
+    active_assignment: AssignmentSummary | None
+
+
+class DeviceCreated(DeviceOut):
+    token: str = Field(description="The device's bearer token. Shown once; only its hash is stored.")
+    claim_code: str = Field(
+        description="Lets the owner claim the device in the app (e.g. printed on its box). Shown once."
+    )

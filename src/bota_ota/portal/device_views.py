@@ -14,6 +14,7 @@ from bota_ota.core.settings import Settings
 from bota_ota.devices import service as device_service
 from bota_ota.devices.schemas import DEVICE_ID_PATTERN
 from bota_ota.firmware import service as firmware
+from bota_ota.ota import fleet
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
@@ -38,7 +39,7 @@ def devices_page(
 ) -> HTMLResponse:
     model_filter = model if model in DEVICE_MODELS else None
     status_filter = status if status in ASSIGNMENT_STATUSES else None
-    rows, total = device_service.list_devices(
+    rows, total = fleet.list_devices(
         session,
         model=model_filter,
         q=q or None,
@@ -49,9 +50,9 @@ def devices_page(
         limit=PAGE_SIZE,
         offset=(page - 1) * PAGE_SIZE,
     )
-    active = device_service.active_assignments_for(session, [d.id for d in rows])
+    active = fleet.active_assignments_for(session, [d.id for d in rows])
     devices = [
-        device_service.device_out(
+        fleet.device_out(
             d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
         )
         for d in rows
@@ -101,8 +102,8 @@ def register(
 
 def _device_context(session: Session, settings: Settings, device_id: str) -> dict[str, Any]:
     device = device_service.get_device(session, device_id)
-    active = device_service.active_assignments_for(session, [device.id]).get(device.id)
-    out = device_service.device_out(
+    active = fleet.active_assignments_for(session, [device.id]).get(device.id)
+    out = fleet.device_out(
         device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
     )
     return {"device": out, "active": active}
