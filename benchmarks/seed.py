@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.script import ScriptDirectory
+from bota_ota.devices.changes import note_changed_devices
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
@@ -32,9 +33,9 @@ from bota_ota.accounts import service as accounts
 from bota_ota.core.database import make_engine, make_sessionmaker, new_id, session_scope, utcnow
 from bota_ota.core.migrate import alembic_config, upgrade_to_head
 from bota_ota.core.security import hash_token
-from bota_ota.devices.changes import note_changed_devices
 from bota_ota.devices.models import Device
 from bota_ota.firmware import service as firmware
+from bota_ota.firmware.receive import new_release_from_form
 from bota_ota.firmware.upload import ParsedForm, ReceivedFile
 from bota_ota.ota import service as ota
 from bota_ota.ota.models import Assignment, AssignmentEvent
@@ -146,7 +147,7 @@ def _seed_release(session: Session, spec: SeedSpec, data_dir: Path) -> dict[str,
         path = Path(tmp) / "bench.bin"
         _random_file(path, spec.release_bin_bytes)
         form = ParsedForm(fields={"version": NEW_VERSION, "model": MODEL}, files={"bin": _received(path, "bench.bin")})
-        release, _ = firmware.create_release(session, store, form, actor="bench")
+        release, _ = firmware.create_release(session, store, new_release_from_form(form), actor="bench")
     artifact = release.artifact("bin")
     assert artifact is not None
     meta = {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_URL
+from tests.support.database import PG_URL
 from tests.support.server import cli, server_env
 
 COMMANDS = [

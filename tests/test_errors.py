@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy.exc
 
-from tests.factories import ApiClient, assert_problem, heartbeat
+from tests.support.factories import ApiClient, assert_problem, heartbeat
 
 # ---- problem JSON for framework-level errors ---------------------------------------------------
 
@@ -427,12 +427,12 @@ def test_nul_in_ota_error_is_not_a_server_error(admin: ApiClient, fuzz_world: di
 def test_an_overloaded_database_is_a_503_with_retry_after(
     admin: ApiClient, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    from bota_ota.devices import service as device_service
+    from bota_ota.ota import fleet
 
     def busy(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(device_service, "list_devices", busy)
+    monkeypatch.setattr(fleet, "list_devices", busy)
     r = admin.get("/api/v1/devices")
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"

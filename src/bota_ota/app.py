@@ -39,9 +39,9 @@ from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
 from bota_ota.storage import make_blob_store
-from bota_ota.web.downloads import router as download_router
 from bota_ota.web.context import AppContext
 from bota_ota.web.deps import CtxDep
+from bota_ota.web.downloads import router as download_router
 from bota_ota.web.middleware import CloseSessionsMiddleware, DatabaseAdmissionMiddleware
 from bota_ota.web.problems import install_problem_handlers
 from bota_ota.web.scheduler import Scheduler

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, assert_problem, firmware_bytes
+from tests.support.factories import ApiClient, assert_problem, firmware_bytes
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from bota_ota.core.settings import Settings
 from bota_ota.firmware.models import Artifact, Release
-from tests.factories import ApiClient, assert_problem, files_in, firmware_bytes
+from tests.support.factories import ApiClient, assert_problem, files_in, firmware_bytes
 
 
 def _versions(api: ApiClient, **params: str) -> list[str]:

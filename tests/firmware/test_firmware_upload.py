@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from bota_ota.core.settings import Settings
 from bota_ota.firmware.models import Artifact, Release
 from bota_ota.storage.local import LocalBlobStore
-from tests.factories import (
+from tests.support.factories import (
     ApiClient,
     assert_problem,
     crc32,

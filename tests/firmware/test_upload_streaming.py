@@ -18,7 +18,7 @@ import pytest
 
 from bota_ota.core.errors import PayloadTooLarge, ValidationFailed
 from bota_ota.firmware.upload import ParsedForm, parse_firmware_form
-from tests.factories import crc32, firmware_bytes, sha256_hex
+from tests.support.factories import crc32, firmware_bytes, sha256_hex
 
 
 def _encode(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[str, bytes]:

@@ -6,9 +6,9 @@ from collections import Counter
 
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, heartbeat
 from tests.portal.pages import Element, html, table_rows
 from tests.portal.support import sign_in
+from tests.support.factories import ApiClient, heartbeat
 
 
 def rows(client: TestClient, query: str = "") -> tuple[Element, list[tuple[str, str]]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient
 from tests.portal.pages import Element, html, table_rows
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient
 
 
 def entries(client: TestClient, query: str = "") -> tuple[Element, list[tuple[str, str, str]]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, heartbeat
 from tests.portal.pages import flash, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, heartbeat
 
 
 def test_cancelling_a_finished_assignment_explains_why_on_the_ota_tab(

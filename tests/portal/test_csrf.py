@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 import bota_ota.portal
 from bota_ota.core.settings import Settings
-from tests.factories import ApiClient, files_in
 from tests.portal.pages import add_user, browser, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, files_in
 
 # Every POST route of the portal, with a form that would succeed if it carried the right token.
 ROUTES: dict[str, dict[str, str]] = {

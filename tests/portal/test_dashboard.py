@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, heartbeat
 from tests.portal.pages import Element, add_user, html, table_rows
 from tests.portal.support import sign_in
+from tests.support.factories import ApiClient, heartbeat
 
 
 def chart(page: Element, chart_id: str) -> tuple[str, list[tuple[str, str, float]]]:

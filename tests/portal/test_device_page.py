@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 
 from bota_ota.accounts.service import create_user
 from bota_ota.core.database import session_scope
-from tests.factories import ApiClient, heartbeat
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, heartbeat
 
 STATUS_RE = re.compile(r'data-status="([a-z]+)"')
 

@@ -6,8 +6,8 @@ import re
 
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, heartbeat
 from tests.portal.support import sign_in
+from tests.support.factories import ApiClient, heartbeat
 
 ROW_RE = re.compile(r'<tr>\s*<td><a href="/devices/([^"]+)"')
 

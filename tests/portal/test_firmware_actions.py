@@ -7,9 +7,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from bota_ota.core.settings import Settings
-from tests.factories import ApiClient, files_in, heartbeat
 from tests.portal.pages import Element, add_user, flash, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, files_in, heartbeat
 
 
 def release_row(client: TestClient, release_id: str) -> Element:

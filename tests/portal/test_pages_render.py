@@ -6,8 +6,8 @@ from fastapi.testclient import TestClient
 
 from bota_ota.accounts.service import create_user
 from bota_ota.core.database import session_scope
-from tests.factories import ApiClient, heartbeat
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, heartbeat
 
 
 def test_every_page_renders(client: TestClient, admin: ApiClient, sessions) -> None:  # type: ignore[no-untyped-def]

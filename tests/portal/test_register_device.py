@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, heartbeat
 from tests.portal.pages import add_user, field_error, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, heartbeat
 
 
 def register(client: TestClient, token: str, **form: str) -> httpx.Response:

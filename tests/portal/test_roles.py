@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient
 from tests.portal.pages import Element, add_user, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient
 
 PAGES = [
     "/",

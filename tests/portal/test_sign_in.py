@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient, firmware_bytes
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, firmware_bytes
 
 
 def test_anonymous_visitors_are_sent_to_sign_in(client: TestClient) -> None:

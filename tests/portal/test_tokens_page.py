@@ -10,9 +10,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient
 from tests.portal.pages import Element, add_user, field_error, flash, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bota_ota.core.settings import Settings
-from tests.factories import ApiClient, assert_problem, crc32, files_in, firmware_bytes
 from tests.portal.pages import add_user, browser_multipart, field_error, flash, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient, assert_problem, crc32, files_in, firmware_bytes
 
 
 def image_with_letters_in_its_crc(size: int, start: int) -> bytes:

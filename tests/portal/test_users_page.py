@@ -9,9 +9,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from tests.factories import ApiClient
 from tests.portal.pages import add_user, browser, field_error, flash, html
 from tests.portal.support import csrf, sign_in
+from tests.support.factories import ApiClient
 
 BOSS = "boss@example.com"
 

@@ -11,7 +11,7 @@ from bota_ota.accounts.models import ROLES, ApiToken, LoginAttempt, User
 from bota_ota.core import audit
 from bota_ota.core.database import insert_or_raise, utcnow
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
-from bota_ota.core.security import hash_password, hash_token, new_token
+from bota_ota.core.security import hash_password, hash_token, new_token, verify_password
 
 API_TOKEN_PREFIX = "bota_at"
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -116,6 +116,19 @@ def create_user(session: Session, *, email: str, password: str, role: str, actor
         target_id=user.id,
         detail={"email": email, "role": role},
     )
+    return user
+
+
+def get_user(session: Session, user_id: str) -> User | None:
+    return session.get(User, user_id)
+
+
+def authenticate_user(session: Session, email: str, password: str) -> User | None:
+    """The active portal user with this e-mail (any case, surrounding spaces ignored) and password, or None."""
+    email = email.strip().lower()
+    user = session.scalar(select(User).where(User.email == email)) if email else None
+    if user is None or not user.is_active or not verify_password(user.password_hash, password):
+        return None
     return user
 
 

@@ -107,7 +107,7 @@ def make_engine(url: str, *, max_connections: int = 30, **kwargs: Any) -> Engine
         kwargs.setdefault("max_overflow", max_connections - kwargs["pool_size"])
     # No pre-ping: it is a round trip on every checkout, and the heartbeat's cache-miss read is one
     # statement. A connection that died (PostgreSQL restarted) fails its statement instead; SQLAlchemy then
-    # discards the whole pool and that request gets a 503 with Retry-After (errors.py). Connections are
+    # discards the whole pool and that request gets a 503 with Retry-After (web/problems.py). Connections are
     # replaced after 30 minutes anyway.
     kwargs.setdefault("pool_recycle", 1800)
     return create_engine(url, **kwargs)

@@ -1,19 +1,13 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from bota_ota.accounts.deps import Operator, Viewer
-from bota_ota.core.settings import Settings
 from bota_ota.firmware import service
+from bota_ota.firmware.receive import receive_release
 from bota_ota.firmware.schemas import ReleaseOut, ReleasePatch
-from bota_ota.firmware.upload import ParsedForm, parse_firmware_form
-from bota_ota.storage import BlobStore
-from bota_ota.web.context import AppContext
 from bota_ota.web.deps import CtxDep, SessionDep, SettingsDep, StoreDep
 
 router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
@@ -63,51 +57,6 @@ async def upload_release(
     request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: Operator, ctx: CtxDep
 ) -> ReleaseOut:
     return await receive_release(request, session, store, settings, ctx, actor=principal.actor)
-
-
-async def receive_release(
-    request: Request,
-    session: Session,
-    store: BlobStore,
-    settings: Settings,
-    ctx: AppContext,
-    *,
-    actor: str,
-    check_form: Callable[[ParsedForm], None] | None = None,
-) -> ReleaseOut:
-    """Stream a multipart upload to temporary files, then create the release (API and portal share this).
-
-    ``check_form`` runs after the body is parsed and before anything touches the database or storage
-    (the portal checks its CSRF field there when the request carried no CSRF header).
-    """
-    # The caller's auth lookup opened a transaction; end it before a body that may take minutes to
-    # arrive, so no database lock is held meanwhile.
-    await run_in_threadpool(session.rollback)
-    form = await parse_firmware_form(
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        request.stream(),
-        file_fields={"bin", "ufw"},
-        max_file_bytes=settings.max_upload_bytes,
-        tmp_dir=settings.upload_tmp_dir,
-    )
-    try:
-        if check_form is not None:
-            check_form(form)
-
-        def create_and_commit() -> ReleaseOut:
-            release, stored = service.create_release(session, store, form, actor=actor)
-            try:
-                session.commit()
-            except BaseException:
-                service.delete_blobs(store, stored)
-                raise
-            return service.release_out(release)
-
-        async with ctx.db_write_gate():
-            return await run_in_threadpool(create_and_commit)
-    finally:
-        form.cleanup()
 
 
 @router.get("", response_model=list[ReleaseOut], summary="List releases, newest version first per model")

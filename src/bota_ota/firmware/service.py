@@ -1,9 +1,10 @@
-"""Firmware releases: create from an uploaded form, list, look up, delete."""
+"""Firmware releases: create from a received upload, list, look up, delete."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,10 +15,8 @@ from bota_ota.core.database import insert_or_raise
 from bota_ota.core.device_models import DEVICE_MODELS, check_model
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.firmware.models import ARTIFACT_KINDS, Artifact, Release
-from bota_ota.firmware.schemas import ArtifactOut, ReleaseOut
-from bota_ota.firmware.upload import ParsedForm
+from bota_ota.firmware.schemas import ArtifactOut, NewRelease, ReleaseOut
 from bota_ota.firmware.versions import InvalidVersion, normalize_version, version_sort_key
-from bota_ota.ota.models import Assignment
 from bota_ota.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -25,45 +24,34 @@ log = logging.getLogger(__name__)
 NOTES_LIMIT = 10_000
 
 
-def _parse_bool(text: str, field: str) -> bool:
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off", ""):
-        return False
-    raise ValidationFailed(f"{field} must be true or false", field=field)
-
-
-def validate_form(form: ParsedForm) -> tuple[str, str, str, bool]:
-    """Check the text fields and files of an upload; return (version, model, notes, released)."""
-    allowed = {"version", "model", "notes", "draft"}
-    for name in form.fields:
-        if name not in allowed:
-            raise ValidationFailed(f"unexpected field {name!r}", field=name)
-    if "version" not in form.fields or not form.fields["version"].strip():
+def check_new_release(new: NewRelease) -> tuple[str, str, str]:
+    """Check a new release's version, model, notes and files; return (version, model, notes) cleaned."""
+    version = new.version.strip()
+    if not version:
         raise ValidationFailed("version is required, e.g. v1.0.1", field="version")
-    version = form.fields["version"].strip()
     try:
         normalize_version(version)
     except InvalidVersion as exc:
         raise ValidationFailed(str(exc), field="version") from None
-    if "model" not in form.fields:
-        raise ValidationFailed(f"model is required: one of {', '.join(DEVICE_MODELS)}", field="model")
-    model = check_model(form.fields["model"])
-    notes = form.fields.get("notes", "").strip()
+    model = check_model(new.model)
+    notes = new.notes.strip()
     if len(notes) > NOTES_LIMIT:
         raise ValidationFailed(f"notes must be at most {NOTES_LIMIT} characters", field="notes")
-    released = not _parse_bool(form.fields.get("draft", ""), "draft")
-    if not form.files:
+    if not new.files:
         raise ValidationFailed(
             "send at least one firmware file: bin (HTTP OTA) and/or ufw (Bluetooth OTA)", field="bin"
         )
-    for kind, received in form.files.items():
+    for received in new.files:
+        kind = received.kind
+        if kind not in ARTIFACT_KINDS:
+            raise ValidationFailed(
+                f"unexpected file {kind!r}; firmware files are {' and '.join(ARTIFACT_KINDS)}", field=kind
+            )
         if received.size == 0:
             raise ValidationFailed(f"the {kind} file is empty", field=kind)
         if received.filename and not received.filename.lower().endswith("." + kind):
             raise ValidationFailed(f"the {kind} file must be a .{kind} file; got {received.filename!r}", field=kind)
-    return version, model, notes, released
+    return version, model, notes
 
 
 def find_release_by_version(session: Session, model: str, version: str) -> Release | None:
@@ -72,13 +60,14 @@ def find_release_by_version(session: Session, model: str, version: str) -> Relea
     )
 
 
-def create_release(session: Session, store: BlobStore, form: ParsedForm, *, actor: str) -> tuple[Release, list[str]]:
+def create_release(session: Session, store: BlobStore, new: NewRelease, *, actor: str) -> tuple[Release, list[str]]:
     """Insert the release and store its files. Returns the release and the storage keys written.
 
     The caller commits; if the commit fails it must delete the returned keys. Rows are flushed before
     any file is stored, so a duplicate version is refused before anything touches storage.
     """
-    version, model, notes, released = validate_form(form)
+    version, model, notes = check_new_release(new)
+    released = not new.draft
     key = normalize_version(version)
 
     def duplicate() -> Conflict:
@@ -88,25 +77,26 @@ def create_release(session: Session, store: BlobStore, form: ParsedForm, *, acto
         raise duplicate()
     release = Release(model=model, version=version, version_key=key, notes=notes, released=released, created_by=actor)
     insert_or_raise(session, release, duplicate)
+    sources: list[tuple[Artifact, Path]] = []
     for kind in ARTIFACT_KINDS:
-        received = form.files.get(kind)
+        received = new.file(kind)
         if received is None:
             continue
-        release.artifacts.append(
-            Artifact(
-                kind=kind,
-                filename=received.filename or f"{model}-{key}.{kind}",
-                storage_key=f"firmware/{model}/{release.id}/{model}-{key}.{kind}",
-                size=received.size,
-                crc32=received.crc32,
-                sha256=received.sha256,
-            )
+        artifact = Artifact(
+            kind=kind,
+            filename=received.filename or f"{model}-{key}.{kind}",
+            storage_key=f"firmware/{model}/{release.id}/{model}-{key}.{kind}",
+            size=received.size,
+            crc32=received.crc32,
+            sha256=received.sha256,
         )
+        release.artifacts.append(artifact)
+        sources.append((artifact, received.path))
     session.flush()
     stored: list[str] = []
     try:
-        for artifact in release.artifacts:
-            store.put_file(artifact.storage_key, form.files[artifact.kind].path)
+        for artifact, path in sources:
+            store.put_file(artifact.storage_key, path)
             stored.append(artifact.storage_key)
     except BaseException:
         delete_blobs(store, stored)
@@ -117,7 +107,7 @@ def create_release(session: Session, store: BlobStore, form: ParsedForm, *, acto
         action="firmware.upload",
         target_type="release",
         target_id=release.id,
-        detail={"model": model, "version": version, "files": sorted(form.files), "released": released},
+        detail={"model": model, "version": version, "files": sorted(f.kind for f in new.files), "released": released},
     )
     return release, stored
 
@@ -151,29 +141,32 @@ def list_releases(session: Session, *, model: str | None = None, released: bool 
 
 
 def delete_release(session: Session, store: BlobStore, release_id: str, *, actor: str) -> list[str]:
-    """Delete a release that no assignment references; returns storage keys to remove after commit."""
+    """Delete a release that no assignment references; returns storage keys to remove after commit.
+
+    The database is the judge: ``assignments.release_id`` references the release with ON DELETE RESTRICT
+    (SQLite runs with foreign keys on), so a release any assignment points at, even one created a moment
+    ago by another request, is refused. The delete runs in a savepoint so that refusal leaves the
+    caller's transaction usable.
+    """
     release = get_release(session, release_id)
-    referenced = session.scalar(select(Assignment.id).where(Assignment.release_id == release_id).limit(1))
-    if referenced is not None:
-        raise Conflict(
-            f"release {release.version} is referenced by assignments; it cannot be deleted",
-            field="release_id",
-        )
+    model, version = release.model, release.version
     keys = [a.storage_key for a in release.artifacts]
+    try:
+        with session.begin_nested():
+            session.delete(release)
+            session.flush()
+    except IntegrityError:
+        raise Conflict(
+            f"release {version} is referenced by assignments; it cannot be deleted", field="release_id"
+        ) from None
     audit.record(
         session,
         actor=actor,
         action="firmware.delete",
         target_type="release",
-        target_id=release.id,
-        detail={"model": release.model, "version": release.version},
+        target_id=release_id,
+        detail={"model": model, "version": version},
     )
-    try:
-        with session.begin_nested():
-            session.delete(release)
-            session.flush()
-    except IntegrityError:  # an assignment was created concurrently
-        raise Conflict(f"release {release.version} is referenced by assignments", field="release_id") from None
     return keys
 
 
@@ -219,10 +212,3 @@ def release_out(release: Release) -> ReleaseOut:
         bin=art("bin"),
         ufw=art("ufw"),
     )
-
-
-def referenced_release_ids(session: Session, release_ids: Sequence[str]) -> set[str]:
-    """Which of these releases some assignment references (and so cannot be deleted)."""
-    if not release_ids:
-        return set()
-    return set(session.scalars(select(Assignment.release_id).where(Assignment.release_id.in_(release_ids)).distinct()))

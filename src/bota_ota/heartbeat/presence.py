@@ -8,7 +8,9 @@ device in memory and a background task writes them in one batched ``UPDATE`` eve
 
 Every instance has its own buffer. The ``UPDATE`` only moves a row forward in time
 (``last_seen_at < :seen_at``), so a late flush from one instance never overwrites what another instance
-(or a synchronous write) stored for a newer heartbeat of the same device.
+(or a synchronous write) stored for a newer heartbeat of the same device. The flush loop is the
+runtime's (``runtime.py``); ``apply_telemetry`` stores a heartbeat's telemetry on a locked device row for
+the write step and for the app's relay.
 """
 
 from __future__ import annotations

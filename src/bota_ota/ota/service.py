@@ -210,3 +210,10 @@ def count_by_status(session: Session) -> dict[str, int]:
     for status, count in session.execute(select(Assignment.status, func.count()).group_by(Assignment.status)).all():
         counts[status] = int(count)
     return counts
+
+
+def referenced_release_ids(session: Session, release_ids: Sequence[str]) -> set[str]:
+    """Which of these releases some assignment references (and so cannot be deleted)."""
+    if not release_ids:
+        return set()
+    return set(session.scalars(select(Assignment.release_id).where(Assignment.release_id.in_(release_ids)).distinct()))

@@ -7,8 +7,8 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
 
+from bota_ota.accounts import service as accounts
 from bota_ota.accounts.models import User
 from bota_ota.accounts.service import ROLE_RANK
 from bota_ota.core.errors import Forbidden
@@ -47,7 +47,7 @@ CsrfChecked = Depends(check_csrf)
 
 def portal_user(request: Request, session: SessionDep) -> User:
     user_id = request.session.get("user_id")
-    user = session.get(User, user_id) if user_id else None
+    user = accounts.get_user(session, user_id) if user_id else None
     if user is None or not user.is_active:
         request.session.pop("user_id", None)
         raise LoginRequired()
@@ -59,10 +59,6 @@ PortalUser = Annotated[User, Depends(portal_user)]
 
 def can(user: User, role: str) -> bool:
     return ROLE_RANK[user.role] >= ROLE_RANK[role]
-
-
-def find_user(session: SessionDep, email: str) -> User | None:
-    return session.scalar(select(User).where(User.email == email.strip().lower()))
 
 
 def flash(request: Request, message: str, *, error: bool = False) -> None:

@@ -12,9 +12,10 @@ from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, DomainError, Forbidden
 from bota_ota.devices import service as device_service
 from bota_ota.firmware import service as firmware
-from bota_ota.firmware.api import receive_release
+from bota_ota.firmware.receive import receive_release
 from bota_ota.firmware.upload import ParsedForm
 from bota_ota.firmware.versions import InvalidVersion, normalize_version
+from bota_ota.ota import service as ota_service
 from bota_ota.portal.auth import CSRF_FIELD, CSRF_HEADER, CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import render, require
 from bota_ota.web.deps import CtxDep, SessionDep, SettingsDep, StoreDep
@@ -35,7 +36,7 @@ def _firmware_context(session: SessionDep) -> dict[str, Any]:
     return {
         "by_model": by_model,
         "running": {r.id: running.get((r.model, r.version_key), 0) for r in releases},
-        "referenced": firmware.referenced_release_ids(session, [r.id for r in releases]),
+        "referenced": ota_service.referenced_release_ids(session, [r.id for r in releases]),
     }
 
 

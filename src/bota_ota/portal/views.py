@@ -12,11 +12,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bota_ota.accounts import service as accounts
 from bota_ota.audit import service as audit_log
-from bota_ota.core.security import verify_password
 from bota_ota.devices import service as device_service
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
-from bota_ota.portal.auth import CsrfChecked, PortalUser, csrf_token, find_user
+from bota_ota.portal.auth import CsrfChecked, PortalUser, csrf_token
 from bota_ota.portal.common import PAGE_SIZE, listing, render
 from bota_ota.web.deps import SessionDep, SettingsDep
 
@@ -45,8 +44,8 @@ def login(
         response = render(request, "login.html", status_code=429, email=email, errors=errors)
         response.headers["Retry-After"] = str(retry_after)
         return response
-    user = find_user(session, email) if email else None
-    if user is None or not user.is_active or not verify_password(user.password_hash, password):
+    user = accounts.authenticate_user(session, email, password)
+    if user is None:
         accounts.record_login_failure(session, email, client_ip, window_s=settings.login_window_s)
         session.commit()
         errors = {"password": "Wrong e-mail or password."}

@@ -31,7 +31,7 @@ class DatabaseAdmissionMiddleware:
 
     NO_DATABASE_PREFIXES = ("/dl/", "/docs", "/redoc", "/openapi.json", "/static/")
     WRITE_LOCK_EXEMPT = frozenset({"/api/v1/firmware", "/firmware/upload"})
-    # The heartbeat admits itself (ota/fast_path.py): a slot for its read (none when cached), and only when
+    # The heartbeat admits itself (heartbeat/runtime.py): a slot for its read (none when cached), and only when
     # it has something to write, the write gate and a slot for the write. A routine heartbeat never queues
     # behind writers. (HeartbeatFastPath answers it before this middleware; this covers the plain route.)
     SELF_ADMITTED = frozenset({"/api/device/v1/heartbeat"})

@@ -204,7 +204,7 @@ _HANDLERS: tuple[tuple[type[Exception], Callable[[Request, Exception], Awaitable
 
 async def problem_for_exception(request: Request, exc: Exception) -> JSONResponse:
     """The problem document the app's handlers give for ``exc``: for code that runs outside the framework
-    (``ota/fast_path.py``)."""
+    (``heartbeat/entrance.py``)."""
     for kind, handler in _HANDLERS:
         if isinstance(exc, kind):
             return await handler(request, exc)
