@@ -16,13 +16,22 @@ from bota_ota.core.migrate import alembic_config, upgrade_to_head
 from bota_ota.models import Base
 
 APP_TABLES = {t.name for t in Base.metadata.sorted_tables}
+# Tables the migrations create on purpose without a model: SQLite's trigger-kept change counter (migration
+# 0006), read with plain SQL by heartbeat/invalidation.py.
+NOT_MODELS = {"cache_epoch"}
+
+
+def _modelled(name: str | None, type_: str, _parent_names: Any) -> bool:
+    return not (type_ == "table" and name in NOT_MODELS)
 
 
 def _diff(url: str, metadata: MetaData = Base.metadata) -> list[Any]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True, "include_name": _modelled}
+            )
             return list(compare_metadata(context, metadata))
     finally:
         engine.dispose()
@@ -74,7 +83,7 @@ def test_downgrade_to_base_then_upgrade_again(database_url: str) -> None:
     cfg = alembic_config(database_url)
     try:
         command.downgrade(cfg, "base")
-        assert _tables(database_url) & APP_TABLES == set()
+        assert _tables(database_url) & (APP_TABLES | NOT_MODELS) == set()
         assert _heads(database_url) == set()
         upgrade_to_head(database_url)
         assert _tables(database_url) >= APP_TABLES

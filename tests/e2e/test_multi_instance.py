@@ -1,4 +1,4 @@
-"""Issue 6: several stateless instances behave as one server.
+"""Several stateless instances behave as one server.
 
 Two real ``bota-ota serve`` processes (one of them with two uvicorn workers) share one PostgreSQL database
 and one S3 bucket (s3rver). A simulated fleet of 30 devices reaches them through a round-robin load

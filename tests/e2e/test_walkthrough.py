@@ -145,7 +145,7 @@ def _readme_curl_commands() -> list[tuple[str, str]]:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the README walkthrough uses curl")
 def test_readme_curl_walkthrough_works_as_printed(server: ServerProcess, tmp_path: Path) -> None:
     """Every command of the README's curl walkthrough, as printed, with only its placeholders filled in from the
-    replies before it: pending → delivered → applied, then failed, then cancelled (issue 2, "Done when")."""
+    replies before it: pending → delivered → applied, then failed, then cancelled."""
     token = server.admin_token_from_output()
     assert token
     commands = _readme_curl_commands()

@@ -133,7 +133,7 @@ def test_body_ending_inside_a_file_is_refused_and_cleaned_up(tmp_path: Path) -> 
 
 def test_a_large_file_is_never_held_in_memory(tmp_path: Path) -> None:
     """A 32 MiB .bin arriving in 64 KiB chunks: parsing it allocates a small, fixed amount of memory, not
-    the file (issue 2: "a firmware file is never held whole in memory"). docs/performance.md (d) measures
+    the file (a firmware file is never held whole in memory). docs/performance.md (d) measures
     the same on a running server with a 200 MiB upload."""
     chunk, count = 64 * 1024, 512
     boundary = "bota-test-boundary"

@@ -1,4 +1,4 @@
-"""The lean heartbeat (issue 6): a routine heartbeat writes nothing; its telemetry is written behind in batches.
+"""Presence: a routine heartbeat writes nothing; its telemetry is written behind in batches.
 
 The app under test flushes only when told to (interval ten minutes, the longest allowed) and does not sweep
 on its own, so each test decides when the write-behind buffer is written.

@@ -1,4 +1,4 @@
-"""Portal sign-in, CSRF and the firmware page, through the ASGI app (the browser tests come with issue 5)."""
+"""Portal sign-in, CSRF and the firmware page through the ASGI app (tests/browser drives them in Chromium)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3's scenarios: a real server process, simulated devices over loopback HTTP, real faults."""
+"""The fleet scenarios: a real server process, simulated devices over loopback HTTP, real faults."""
 
 from __future__ import annotations
 

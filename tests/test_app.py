@@ -1,4 +1,4 @@
-"""Settings and start-up behaviour for running many instances (issue 6)."""
+"""Start-up behaviour for running many instances: settings, stale upload files, several workers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from bota_ota.app import STALE_UPLOAD_S, create_app
 from bota_ota.core.settings import Settings
-from tests.conftest import PG_URL
+from tests.support.database import PG_URL
 
 
 def test_start_up_removes_stale_upload_files_and_keeps_those_in_use(settings: Settings) -> None:

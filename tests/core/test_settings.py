@@ -1,4 +1,4 @@
-"""Settings: the defaults issue 2 names, and every setting read from its BOTA_OTA_ environment variable."""
+"""Settings: the documented defaults, and every setting read from its BOTA_OTA_ environment variable."""
 
 from __future__ import annotations
 
