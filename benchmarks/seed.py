@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from alembic.script import ScriptDirectory
-from bota_ota.devices.changes import note_changed_devices
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
@@ -213,8 +212,8 @@ def assign_all(database_url: str, release_id: str, version: str, device_ids: lis
                 }
                 for d in device_ids
             ]
+            # The servers' heartbeat caches hear of it through the database's triggers (migration 0006).
             session.execute(insert(Assignment), rows)
-            note_changed_devices(session, device_ids)  # the servers' heartbeat caches must hear of it
             session.execute(
                 insert(AssignmentEvent),
                 [

@@ -12,17 +12,10 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from bota_ota.core.database import make_engine
-from bota_ota.core.migrate import alembic_config, upgrade_to_head
+from bota_ota.core.migrate import UNMODELLED_TABLES, alembic_config, include_name, upgrade_to_head
 from bota_ota.models import Base
 
 APP_TABLES = {t.name for t in Base.metadata.sorted_tables}
-# Tables the migrations create on purpose without a model: SQLite's trigger-kept change counter (migration
-# 0006), read with plain SQL by heartbeat/invalidation.py.
-NOT_MODELS = {"cache_epoch"}
-
-
-def _modelled(name: str | None, type_: str, _parent_names: Any) -> bool:
-    return not (type_ == "table" and name in NOT_MODELS)
 
 
 def _diff(url: str, metadata: MetaData = Base.metadata) -> list[Any]:
@@ -30,7 +23,7 @@ def _diff(url: str, metadata: MetaData = Base.metadata) -> list[Any]:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "compare_server_default": True, "include_name": _modelled}
+                conn, opts={"compare_type": True, "compare_server_default": True, "include_name": include_name}
             )
             return list(compare_metadata(context, metadata))
     finally:
@@ -83,7 +76,7 @@ def test_downgrade_to_base_then_upgrade_again(database_url: str) -> None:
     cfg = alembic_config(database_url)
     try:
         command.downgrade(cfg, "base")
-        assert _tables(database_url) & (APP_TABLES | NOT_MODELS) == set()
+        assert _tables(database_url) & (APP_TABLES | UNMODELLED_TABLES) == set()
         assert _heads(database_url) == set()
         upgrade_to_head(database_url)
         assert _tables(database_url) >= APP_TABLES

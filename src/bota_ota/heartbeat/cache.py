@@ -9,9 +9,16 @@ decides that a heartbeat is routine.
 
 Staleness is bounded by invalidation (``invalidation.py``): every committed change of what an entry
 holds drops that device here, at once for this instance's own commits and within moments for anyone
-else's (PostgreSQL ``NOTIFY`` from triggers; on SQLite a trigger-kept change counter). The cache is only
+else's (PostgreSQL ``NOTIFY`` from triggers; on SQLite a trigger-kept change counter, checked ten times a
+second, which does not say which device: another process's change empties the cache). The cache is only
 used while the invalidation listener is up (``trust``); when it is lost or reconnects, the cache is emptied
 (``distrust``, then ``trust`` again): a change that happened meanwhile cannot be missed.
+
+Entries have no time limit. The triggers report every committed change of what an entry holds, whoever
+makes it (SQL typed into psql or the sqlite3 shell and TRUNCATE included), so an expiry would only catch
+triggers switched off by hand (``ALTER TABLE … DISABLE TRIGGER``, ``session_replication_role = replica``),
+and that only after its own length, while it costs a database read for a share of all heartbeats (one in
+ten for ten minutes at a 60 s interval).
 
 A read that started before a change and finishes after the change was applied here must not put its
 stale result back: ``begin_read`` returns the current generation, and ``put`` refuses an entry whose
@@ -21,34 +28,22 @@ device was dropped after that generation (or when that is no longer known).
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass
 
 from bota_ota.heartbeat.rules import DeviceSnapshot
 
 # How many recent drops ``put`` can check against; a read older than that is simply not cached.
 _RECENT_DROPS = 256
-# A safety net, not the mechanism: an entry is read again after this long even if the feed never named its
-# device (a change made with SQL outside the application). At a 60 s interval, one heartbeat in ten reads.
-MAX_AGE_S = 600.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    snapshot: DeviceSnapshot
-    expires: float  # time.monotonic()
 
 
 class DeviceCache:
     """Token hash → ``DeviceSnapshot``, bounded (oldest entries leave first). Thread-safe for writers;
     ``get`` takes no lock (one dict lookup) because it runs on the event loop for every heartbeat."""
 
-    def __init__(self, *, max_entries: int = 200_000, max_age_s: float = MAX_AGE_S) -> None:
+    def __init__(self, *, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries
-        self.max_age_s = max_age_s
         self._lock = threading.Lock()
-        self._by_token: dict[str, _Entry] = {}
+        self._by_token: dict[str, DeviceSnapshot] = {}
         self._token_of: dict[str, str] = {}  # device id → token hash
         self._generation = 0
         self._floor = 0
@@ -72,12 +67,16 @@ class DeviceCache:
         if not self._trusted:
             self.misses += 1
             return None
-        entry = self._by_token.get(token_hash)
-        if entry is None or entry.expires < time.monotonic():
+        snapshot = self._by_token.get(token_hash)
+        if snapshot is None:
             self.misses += 1
             return None
         self.hits += 1
-        return entry.snapshot
+        return snapshot
+
+    def holds(self, device_id: str) -> bool:
+        """Whether an entry for this device is kept (used or not): for tests and diagnostics."""
+        return device_id in self._token_of
 
     def begin_read(self) -> int:
         return self._generation
@@ -98,17 +97,17 @@ class DeviceCache:
             if old_token is not None and old_token != token_hash:
                 self._by_token.pop(old_token, None)
             self._by_token.pop(token_hash, None)  # re-inserted at the end: the oldest entries leave first
-            self._by_token[token_hash] = _Entry(snapshot, time.monotonic() + self.max_age_s)
+            self._by_token[token_hash] = snapshot
             self._token_of[snapshot.id] = token_hash
             while len(self._by_token) > self.max_entries:
                 oldest = next(iter(self._by_token))
                 evicted = self._by_token.pop(oldest)
-                if self._token_of.get(evicted.snapshot.id) == oldest:
-                    del self._token_of[evicted.snapshot.id]
+                if self._token_of.get(evicted.id) == oldest:
+                    del self._token_of[evicted.id]
             return True
 
     def drop(self, device_ids: set[str] | frozenset[str]) -> None:
-        """Forget these devices (they changed). Called from the feed reader and after this instance's commits."""
+        """Forget these devices (they changed). Called by invalidation and after this instance's commits."""
         if not device_ids:
             return
         with self._lock:

@@ -2,9 +2,9 @@
 assignment locked and the plan made again from the locked rows (another request may have moved them since
 the read step), and, on SQLite, group commit.
 
-Group commit (SQLite only): SQLite has one writer at a time, so during a rollout — thousands of devices each being delivered,
-reporting progress, being applied — heartbeat writes queue for the write slot one transaction each:
-BEGIN, the device and assignment reads, the updates, the event, COMMIT, each statement a
+Group commit (SQLite only): SQLite has one writer at a time, so during a rollout — thousands of devices
+each being delivered, reporting progress, being applied — heartbeat writes queue for the write slot one
+transaction each: BEGIN, the device and assignment reads, the updates, the event, COMMIT, each statement a
 hop between the worker thread and the busy event loop. Instead, this instance collects the heartbeats
 waiting to write and runs them in one transaction, each inside its own SAVEPOINT (a heartbeat that fails
 rolls back alone and gets its own error), and commits once. A heartbeat's reply is sent only after the

@@ -7,6 +7,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 
 from bota_ota.core.database import make_engine
+from bota_ota.core.migrate import include_name
 from bota_ota.core.settings import Settings
 from bota_ota.models import Base
 
@@ -19,7 +20,9 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True, include_name=include_name
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -29,7 +32,9 @@ _MIGRATION_LOCK_ID = 0x60_7A_07A
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=True, include_name=include_name
+    )
     with context.begin_transaction():
         if context.get_context().dialect.name == "postgresql":
             context.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
