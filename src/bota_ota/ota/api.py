@@ -142,14 +142,10 @@ def list_devices(
         limit=limit,
         offset=offset,
     )
-    active = fleet.active_assignments_for(session, [d.id for d in devices])
     response.headers["X-Total-Count"] = str(total)
-    return [
-        fleet.device_out(
-            d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
-        )
-        for d in devices
-    ]
+    return fleet.devices_out(
+        session, devices, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
 
 
 @devices_router.get("/{device_id}", response_model=DeviceOut)

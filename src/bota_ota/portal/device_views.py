@@ -50,13 +50,9 @@ def devices_page(
         limit=PAGE_SIZE,
         offset=(page - 1) * PAGE_SIZE,
     )
-    active = fleet.active_assignments_for(session, [d.id for d in rows])
-    devices = [
-        fleet.device_out(
-            d, active.get(d.id), online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
-        )
-        for d in rows
-    ]
+    devices = fleet.devices_out(
+        session, rows, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
     filters = {"q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or ""}
     return render(
         request, "devices.html", user=user, devices=devices, statuses=ASSIGNMENT_STATUSES,
