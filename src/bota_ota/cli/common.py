@@ -4,13 +4,15 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy.orm import Session
 
-from bota_ota.core.settings import Settings
+if TYPE_CHECKING:  # imported where used: `bota-ota --help` should not pay for SQLAlchemy and pydantic
+    from sqlalchemy.orm import Session
+
+    from bota_ota.core.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -24,6 +26,8 @@ DataDirOption = Annotated[
 
 
 def load_settings(data_dir: Path | None = None) -> Settings:
+    from bota_ota.core.settings import Settings
+
     if data_dir is not None:
         os.environ["BOTA_OTA_DATA_DIR"] = str(data_dir)  # also seen by uvicorn worker processes
     try:
