@@ -33,6 +33,7 @@ from bota_ota.mobile.api import mgmt_router as app_users_router
 from bota_ota.mobile.api import router as mobile_router
 from bota_ota.mobile.sweeps import end_silent_ble_modes
 from bota_ota.ota.api import devices_router as fleet_router
+from bota_ota.ota.api import groups_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.sweeps import fail_stalled_deliveries
 from bota_ota.portal import admin_views, device_views, firmware_views
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         firmware_router,
         fleet_router,
         devices_router,
+        groups_router,
         assignments_router,
         device_router,
         accounts_router,

@@ -3,7 +3,7 @@
 from bota_ota.accounts.models import ApiToken, AppToken, AppUser, User
 from bota_ota.core.audit import AuditEntry
 from bota_ota.core.database import Base
-from bota_ota.devices.models import Device, DeviceEvent
+from bota_ota.devices.models import Device, DeviceEvent, DeviceGroup, DeviceTag
 from bota_ota.firmware.models import Artifact, Release
 from bota_ota.ota.models import Assignment, AssignmentEvent
 
@@ -18,6 +18,8 @@ __all__ = [
     "Base",
     "Device",
     "DeviceEvent",
+    "DeviceGroup",
+    "DeviceTag",
     "Release",
     "User",
 ]

@@ -152,7 +152,7 @@ def test_list_all_with_total(admin: ApiClient) -> None:
 def test_list_filter_by_model(admin: ApiClient) -> None:
     assert _ids(admin, model="bota-note") == (["BN-000001", "BN-000002"], 2)
     assert _ids(admin, model="bota-pin-pro") == (["PRO-000001"], 1)
-    assert_problem(admin.get("/api/v1/devices", params={"model": "bota-watch"}), 422, "model")
+    assert_problem(admin.get("/api/v1/devices", params={"model": "bota-watch"}), 422, "query.model")
 
 
 @pytest.mark.usefixtures("fleet")

@@ -3,10 +3,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, text
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from bota_ota.core.database import Base, UTCDateTime, utcnow
+from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
 
 if TYPE_CHECKING:
     from bota_ota.accounts.models import AppUser
@@ -46,6 +46,39 @@ class Device(Base):
     claim_code_hash: Mapped[str | None] = mapped_column(String(64))
 
     owner: Mapped[AppUser | None] = relationship(lazy="selectin")
+    tag_rows: Mapped[list[DeviceTag]] = relationship(
+        lazy="selectin", cascade="all, delete-orphan", order_by="DeviceTag.tag", passive_deletes=True
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class DeviceTag(Base):
+    """One tag of one device: a row each, so that "all of these tags" and bulk changes are set-based SQL."""
+
+    __tablename__ = "device_tags"
+    __table_args__ = (Index("ix_device_tags_tag_device_id", "tag", "device_id"),)
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+class DeviceGroup(Base):
+    """A saved, named device filter. Membership is evaluated whenever the group is used."""
+
+    __tablename__ = "device_groups"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100))
+    # The name as compared for uniqueness: two groups may not differ only in case.
+    name_key: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    filter: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class DeviceEvent(Base):

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from bota_ota.core import audit
@@ -12,22 +12,12 @@ from bota_ota.core.database import insert_or_raise, utcnow
 from bota_ota.core.device_models import check_model
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.security import hash_claim_code, hash_token, new_claim_code, new_token
-from bota_ota.devices.models import Device, DeviceEvent
-from bota_ota.devices.schemas import DEVICE_ID_MESSAGE, DEVICE_ID_RE
+from bota_ota.devices.filters import apply_filter
+from bota_ota.devices.models import Device, DeviceEvent, DeviceTag
+from bota_ota.devices.schemas import DEVICE_ID_MESSAGE, DEVICE_ID_RE, MAX_TAGS_PER_DEVICE, DeviceFilter
 from bota_ota.firmware.versions import InvalidVersion, normalize_version, version_sort_key
 
 DEVICE_TOKEN_PREFIX = "bota_dt"
-
-
-def version_spellings(version: str) -> list[str]:
-    """The ways devices may report one version: ``1.0.1``, ``v1.0.1`` and ``V1.0.1`` are the same release
-    (an IN list keeps the filter an indexable comparison). Unparseable text is matched as typed."""
-    version = version.strip()
-    try:
-        canonical = normalize_version(version)
-    except InvalidVersion:
-        return [version]
-    return sorted({version, canonical, f"v{canonical}", f"V{canonical}"})
 
 
 def check_device_id(value: str) -> str:
@@ -100,34 +90,93 @@ def authenticate_device(session: Session, token: str) -> Device | None:
     return session.scalar(select(Device).where(Device.token_hash == hash_token(token)))
 
 
-def device_filter(
-    *,
-    model: str | None = None,
-    q: str | None = None,
-    firmware_version: str | None = None,
-    online: bool | None = None,
-    online_window_s: int = 130,
-) -> Select[Device]:
-    """The devices matching these filters, as a query to page or extend (``ota.fleet`` adds the update status)."""
-    query = select(Device)
-    if model:
-        query = query.where(Device.model == check_model(model))
-    if firmware_version:
-        query = query.where(Device.firmware_version.in_(version_spellings(firmware_version)))
-    if online is not None:
-        since = utcnow() - timedelta(seconds=online_window_s)
-        seen = Device.last_seen_at >= since
-        query = query.where(seen if online else or_(Device.last_seen_at.is_(None), Device.last_seen_at < since))
-    if q:
-        needle = q.strip().lower()
-        # autoescape: "_" and "%" in the search are literal characters, not wildcards.
-        query = query.where(
-            or_(
-                func.lower(Device.id).contains(needle, autoescape=True),
-                func.lower(Device.name).contains(needle, autoescape=True),
+# ---- tags ------------------------------------------------------------------------------------------
+
+
+def set_tags(session: Session, device_id: str, tags: list[str], *, actor: str) -> Device:
+    """Replace a device's tags (already checked and normalized by the request schema)."""
+    device = get_device(session, device_id)
+    if len(tags) > MAX_TAGS_PER_DEVICE:
+        raise ValidationFailed(f"a device has at most {MAX_TAGS_PER_DEVICE} tags", field="tags")
+    before = device.tags
+    if before != tags:
+        device.tag_rows = [DeviceTag(device_id=device.id, tag=tag) for tag in tags]
+        audit.record(
+            session,
+            actor=actor,
+            action="device.tags",
+            target_type="device",
+            target_id=device.id,
+            detail={"before": before, "after": tags},
+        )
+        session.flush()
+    return device
+
+
+def bulk_tags(session: Session, f: DeviceFilter, *, add: list[str], remove: list[str], actor: str) -> tuple[int, int]:
+    """Add and remove tags on every device matching ``f``, in set-based statements. Returns
+    (devices matched, devices whose tags changed). Refused as a whole if a device would pass the limit."""
+    if not add and not remove:
+        raise ValidationFailed("give tags to add, to remove, or both", field="add")
+    both = sorted(set(add) & set(remove))
+    if both:
+        raise ValidationFailed(f"a tag cannot be both added and removed: {', '.join(both)}", field="remove")
+    matched_ids = apply_filter(select(Device.id), f, session).scalar_subquery()
+    matched = int(session.scalar(apply_filter(select(func.count()).select_from(Device), f, session)) or 0)
+    changed_ids: set[str] = set()
+    if add:
+        # Devices that would pass the limit: the tags they have, plus the new ones they lack, minus the
+        # ones removed.
+        lacking = len(add) - func.count().filter(DeviceTag.tag.in_(add))
+        removed = func.count().filter(DeviceTag.tag.in_(remove)) if remove else 0
+        over = session.scalar(
+            select(func.count()).select_from(
+                select(Device.id)
+                .where(Device.id.in_(matched_ids))
+                .outerjoin(DeviceTag, DeviceTag.device_id == Device.id)
+                .group_by(Device.id)
+                .having(func.count(DeviceTag.tag) + lacking - removed > MAX_TAGS_PER_DEVICE)
+                .subquery()
             )
         )
-    return query
+        if over:
+            raise ValidationFailed(
+                f"{over} matching devices would have more than {MAX_TAGS_PER_DEVICE} tags", field="add"
+            )
+        # Adding first cannot change which devices match (the filter's tags are "all of"; only matching
+        # devices gain tags), so the removal below still sees the same devices.
+        for tag in add:  # one INSERT ... SELECT per tag (at most 20), not one per device
+            missing = select(Device.id, literal(tag)).where(
+                Device.id.in_(matched_ids),
+                ~Device.id.in_(select(DeviceTag.device_id).where(DeviceTag.tag == tag)),
+            )
+            new = session.scalars(missing.with_only_columns(Device.id)).all()
+            changed_ids.update(new)
+            if new:
+                session.execute(insert(DeviceTag).from_select(["device_id", "tag"], missing))
+    if remove:
+        gone = session.scalars(
+            select(DeviceTag.device_id)
+            .where(DeviceTag.device_id.in_(matched_ids), DeviceTag.tag.in_(remove))
+            .distinct()
+        ).all()
+        changed_ids.update(gone)
+        session.execute(
+            # One statement: its subquery is evaluated once, before any row goes (a snapshot on PostgreSQL,
+            # a materialized IN list on SQLite), so removing a filtered-on tag still removes it everywhere.
+            delete(DeviceTag).where(DeviceTag.device_id.in_(matched_ids), DeviceTag.tag.in_(remove)),
+            execution_options={"synchronize_session": False},
+        )
+    audit.record(
+        session,
+        actor=actor,
+        action="device.tags.bulk",
+        target_type="device",
+        target_id=None,
+        detail={"filter": f.as_json(), "add": add, "remove": remove, "matched": matched, "changed": len(changed_ids)},
+    )
+    session.expire_all()
+    return matched, len(changed_ids)
 
 
 def is_online(last_seen_at: datetime | None, window_s: int, now: datetime | None = None) -> bool:

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from bota_ota.accounts.deps import Operator, Viewer
+from bota_ota.devices import groups
 from bota_ota.devices import service as devices
-from bota_ota.devices.schemas import DeviceCreate
+from bota_ota.devices.schemas import (
+    BulkTags,
+    BulkTagsResult,
+    DeviceCreate,
+    DeviceFilter,
+    DeviceModel,
+    GroupCreate,
+    GroupOut,
+    GroupUpdate,
+    TagsUpdate,
+)
 from bota_ota.ota import fleet, service
 from bota_ota.ota.schemas import (
     AssignmentCreate,
@@ -22,6 +35,7 @@ from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(tags=["assignments"])
 devices_router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+groups_router = APIRouter(prefix="/api/v1/groups", tags=["groups"])
 
 
 @router.post(
@@ -115,15 +129,48 @@ def register_device(
     return DeviceCreated(**out.model_dump(), token=token, claim_code=claim_code)
 
 
+def query_filter(
+    model: Annotated[DeviceModel | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
+    tag: Annotated[list[str] | None, Query(description="Devices with all of these tags (repeat the parameter)")] = None,
+    q: Annotated[str | None, Query(max_length=100, description="Search in id and name")] = None,
+    firmware_version: Annotated[str | None, Query(max_length=64, description="Exactly this version")] = None,
+    firmware_below: Annotated[str | None, Query(max_length=64, description="A version lower than this")] = None,
+    seen_within_s: Annotated[int | None, Query(description="Last heartbeat at most this many seconds ago")] = None,
+    network: Annotated[str | None, Query(description="wifi or cellular")] = None,
+) -> DeviceFilter:
+    """The device filter (devices/schemas.py) from query parameters, checked by the same model."""
+    raw = {
+        "model": model,
+        "tags": tag,
+        "q": q or None,
+        "firmware_version": firmware_version or None,
+        "firmware_below": firmware_below or None,
+        "seen_within_s": seen_within_s,
+        "network": network,
+    }
+    try:
+        return DeviceFilter.model_validate({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        # Named as the query parameter: "tags" is given as repeated "tag".
+        raise RequestValidationError([{**e, "loc": ("query", *_query_loc(e["loc"]))} for e in exc.errors()]) from None
+
+
+def _query_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    if loc and loc[0] == "tags":
+        return ("tag", *loc[1:])
+    return loc
+
+
+QueryFilter = Annotated[DeviceFilter, Depends(query_filter)]
+
+
 @devices_router.get("", response_model=list[DeviceOut], summary="List devices (total count in X-Total-Count)")
 def list_devices(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
     _: Viewer,
-    model: Annotated[str | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
-    q: Annotated[str | None, Query(max_length=100, description="Search in id and name")] = None,
-    firmware_version: Annotated[str | None, Query(max_length=64)] = None,
+    f: QueryFilter,
     online: bool | None = None,
     assignment_status: Annotated[
         AssignmentStatus | None, Query(description="Status of each device's latest assignment")
@@ -133,9 +180,7 @@ def list_devices(
 ) -> list[DeviceOut]:
     devices, total = fleet.list_devices(
         session,
-        model=model,
-        q=q,
-        firmware_version=firmware_version,
+        f,
         online=online,
         online_window_s=settings.online_window_s,
         assignment_status=assignment_status,
@@ -154,4 +199,82 @@ def get_device(device_id: str, session: SessionDep, settings: SettingsDep, _: Vi
     active = fleet.active_assignments_for(session, [device.id]).get(device.id)
     return fleet.device_out(
         device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
+
+
+@devices_router.put("/{device_id}/tags", response_model=DeviceOut, summary="Replace a device's tags")
+def set_device_tags(
+    device_id: str, body: TagsUpdate, session: SessionDep, settings: SettingsDep, principal: Operator
+) -> DeviceOut:
+    device = devices.set_tags(session, device_id, body.tags, actor=principal.actor)
+    active = fleet.active_assignments_for(session, [device.id]).get(device.id)
+    return fleet.device_out(
+        device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
+
+
+@devices_router.post(
+    "/tags", response_model=BulkTagsResult, summary="Add and remove tags on every device matching a filter"
+)
+def bulk_device_tags(body: BulkTags, session: SessionDep, principal: Operator) -> BulkTagsResult:
+    matched, changed = devices.bulk_tags(session, body.filter, add=body.add, remove=body.remove, actor=principal.actor)
+    return BulkTagsResult(matched=matched, changed=changed)
+
+
+# ---- groups: saved device filters ------------------------------------------------------------------
+
+
+@groups_router.post("", status_code=201, response_model=GroupOut, summary="Save a named device filter")
+def create_group(body: GroupCreate, session: SessionDep, principal: Operator) -> GroupOut:
+    return groups.group_out(session, groups.create_group(session, body, actor=principal.actor))
+
+
+@groups_router.get("", response_model=list[GroupOut], summary="Groups by name, each with its device count now")
+def list_groups(
+    response: Response,
+    session: SessionDep,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[GroupOut]:
+    rows, total = groups.list_groups(session, limit=limit, offset=offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [groups.group_out(session, g) for g in rows]
+
+
+@groups_router.get("/{group_id}", response_model=GroupOut)
+def get_group(group_id: str, session: SessionDep, _: Viewer) -> GroupOut:
+    return groups.group_out(session, groups.get_group(session, group_id))
+
+
+@groups_router.patch("/{group_id}", response_model=GroupOut, summary="Rename a group or change its filter")
+def update_group(group_id: str, body: GroupUpdate, session: SessionDep, principal: Operator) -> GroupOut:
+    return groups.group_out(session, groups.update_group(session, group_id, body, actor=principal.actor))
+
+
+@groups_router.delete("/{group_id}", status_code=204, summary="Delete a group (its devices stay as they are)")
+def delete_group(group_id: str, session: SessionDep, principal: Operator) -> Response:
+    groups.delete_group(session, group_id, actor=principal.actor)
+    return Response(status_code=204)
+
+
+@groups_router.get(
+    "/{group_id}/devices", response_model=list[DeviceOut], summary="The group's devices now (count in X-Total-Count)"
+)
+def group_devices(
+    group_id: str,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[DeviceOut]:
+    group = groups.get_group(session, group_id)
+    rows, total = fleet.list_devices(
+        session, groups.group_filter(group), online_window_s=settings.online_window_s, limit=limit, offset=offset
+    )
+    response.headers["X-Total-Count"] = str(total)
+    return fleet.devices_out(
+        session, rows, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
     )

@@ -8,32 +8,37 @@ devices through it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from bota_ota.core.database import utcnow
 from bota_ota.devices import service as devices
+from bota_ota.devices.filters import apply_filter
 from bota_ota.devices.models import Device
+from bota_ota.devices.schemas import DeviceFilter
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
 from bota_ota.ota.schemas import AssignmentSummary, DeviceOut
 
 
 def list_devices(
     session: Session,
+    f: DeviceFilter | None = None,
     *,
-    model: str | None = None,
-    q: str | None = None,
-    firmware_version: str | None = None,
     online: bool | None = None,
     online_window_s: int = 130,
     assignment_status: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[Sequence[Device], int]:
-    """Devices by id; ``assignment_status`` matches the status of each device's latest assignment."""
-    query = devices.device_filter(
-        model=model, q=q, firmware_version=firmware_version, online=online, online_window_s=online_window_s
-    )
+    """Devices by id: those matching the filter, online or not (within ``online_window_s``), and whose
+    latest assignment has ``assignment_status``."""
+    query = apply_filter(select(Device), f or DeviceFilter(), session)
+    if online is not None:
+        since = utcnow() - timedelta(seconds=online_window_s)
+        seen = Device.last_seen_at >= since
+        query = query.where(seen if online else or_(Device.last_seen_at.is_(None), Device.last_seen_at < since))
     if assignment_status:
         latest = (
             select(Assignment.status)
@@ -75,6 +80,7 @@ def device_out(
         rssi=device.rssi,
         ble_connected=devices.ble_active(device, ble_timeout_s),
         owner=device.owner.email if device.owner else None,
+        tags=device.tags,
         active_assignment=AssignmentSummary.model_validate(active) if active else None,
     )
 

@@ -79,6 +79,7 @@ class DeviceOut(BaseModel):
     rssi: int | None
     ble_connected: bool
     owner: str | None = Field(None, description="E-mail of the app user who owns the device")
+    tags: list[str] = Field(default_factory=list, description="The device's tags, sorted")
     active_assignment: AssignmentSummary | None
 
 

@@ -12,7 +12,7 @@ from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, ValidationFailed
 from bota_ota.core.settings import Settings
 from bota_ota.devices import service as device_service
-from bota_ota.devices.schemas import DEVICE_ID_PATTERN
+from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DeviceFilter
 from bota_ota.firmware import service as firmware
 from bota_ota.ota import fleet
 from bota_ota.ota import service as ota_service
@@ -41,9 +41,7 @@ def devices_page(
     status_filter = status if status in ASSIGNMENT_STATUSES else None
     rows, total = fleet.list_devices(
         session,
-        model=model_filter,
-        q=q or None,
-        firmware_version=version or None,
+        DeviceFilter(model=model_filter, q=q.strip() or None, firmware_version=version.strip() or None),
         online={"yes": True, "no": False}.get(online),
         online_window_s=settings.online_window_s,
         assignment_status=status_filter,
