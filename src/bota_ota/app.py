@@ -39,6 +39,8 @@ from bota_ota.ota.sweeps import fail_stalled_deliveries
 from bota_ota.portal import admin_views, device_views, firmware_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
+from bota_ota.rollouts.api import router as rollouts_router
+from bota_ota.rollouts.engine import tick as rollout_tick
 from bota_ota.storage import make_blob_store
 from bota_ota.web.context import AppContext
 from bota_ota.web.deps import CtxDep
@@ -76,15 +78,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda s, cfg, now: fail_stalled_deliveries(s, timeout_s=cfg.delivery_timeout_s, now=now),
     )
 
+    # Rollouts react to outcomes within seconds, so they have a loop of their own.
+    rollouts = Scheduler(ctx, interval_s=settings.rollout_interval_s, name="rollouts")
+    rollouts.add("rollouts_changed", rollout_tick)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         remove_stale_upload_files(settings.upload_tmp_dir)
         await heartbeat.start()
         await scheduler.start()
+        await rollouts.start()
         try:
             yield
         finally:
             # uvicorn gets here after the last request has finished: nothing more will be buffered.
+            await rollouts.stop()
             await scheduler.stop()
             await heartbeat.stop()
             engine.dispose()
@@ -99,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.heartbeat = heartbeat
     app.state.scheduler = scheduler
+    app.state.rollouts = rollouts
     install_problem_handlers(app)
     app.add_exception_handler(LoginRequired, _to_login)
     app.add_middleware(DatabaseAdmissionMiddleware)
@@ -120,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         fleet_router,
         devices_router,
         groups_router,
+        rollouts_router,
         assignments_router,
         device_router,
         accounts_router,

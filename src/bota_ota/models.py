@@ -6,6 +6,7 @@ from bota_ota.core.database import Base
 from bota_ota.devices.models import Device, DeviceEvent, DeviceGroup, DeviceTag
 from bota_ota.firmware.models import Artifact, Release
 from bota_ota.ota.models import Assignment, AssignmentEvent
+from bota_ota.rollouts.models import Rollout, RolloutDevice, RolloutEvent, RolloutStage
 
 __all__ = [
     "ApiToken",
@@ -21,5 +22,9 @@ __all__ = [
     "DeviceGroup",
     "DeviceTag",
     "Release",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutEvent",
+    "RolloutStage",
     "User",
 ]

@@ -30,7 +30,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from bota_ota.app import create_app
-from bota_ota.core.database import session_scope, utcnow
+from bota_ota.core.database import note_changed_devices, session_scope, utcnow
 from bota_ota.core.settings import Settings
 from bota_ota.heartbeat.cache import DeviceCache, DeviceSnapshot
 from bota_ota.heartbeat.entrance import MAX_BODY_BYTES
@@ -39,7 +39,6 @@ from bota_ota.heartbeat.invalidation import (
     PgChangeListener,
     SqliteEpochWatcher,
     listen_conninfo,
-    note_changed_devices,
 )
 from bota_ota.heartbeat.read import NOT_READ
 from bota_ota.ota.models import Assignment

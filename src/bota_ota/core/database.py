@@ -6,13 +6,15 @@ and rolls back on error (see ``session_scope``).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, create_engine, event
+from sqlalchemy import BigInteger, DateTime, MetaData, TypeDecorator, cast, create_engine, event, func, literal
+from sqlalchemy.dialects.postgresql import BIT
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -63,11 +65,30 @@ def _py_lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+BUCKETS = 10_000
+
+
+def stable_bucket(key: str, item: str) -> int:
+    """A stable, evenly spread number in [0, 10000) for (key, item): the first 32 bits of
+    MD5("key:item"). The same in Python, in SQLite (``bota_bucket``, registered below) and in PostgreSQL
+    (``bucket_sql``), so that a set-based statement and a preview computed here agree."""
+    return int(hashlib.md5(f"{key}:{item}".encode(), usedforsecurity=False).hexdigest()[:8], 16) % BUCKETS
+
+
+def bucket_sql(dialect_name: str, key: Any, item: Any) -> Any:
+    """SQL for ``stable_bucket(key, item)``; ``key`` and ``item`` are SQL expressions."""
+    if dialect_name == "postgresql":
+        first_32_bits = func.substr(func.md5(key.concat(":").concat(item)), 1, 8)
+        return cast(cast(literal("x").concat(first_32_bits), BIT(32)), BigInteger) % BUCKETS
+    return func.bota_bucket(key, item)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event (below) issue BEGIN itself instead of pysqlite's implicit one.
     dbapi_connection.isolation_level = None
     # SQLite's built-in lower() folds ASCII only; searches must match "Ärzte" with "ärzte" as on PostgreSQL.
     dbapi_connection.create_function("lower", 1, _py_lower, deterministic=True)
+    dbapi_connection.create_function("bota_bucket", 2, stable_bucket, deterministic=True)
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing.
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -116,6 +137,20 @@ def make_engine(url: str, *, max_connections: int = 30, **kwargs: Any) -> Engine
 def make_sessionmaker(engine: Engine, *, info: dict[str, Any] | None = None) -> sessionmaker[Session]:
     """``info`` goes to every session (``devices/changes.py`` keeps its after-commit callback there)."""
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False, info=info)
+
+
+CHANGED_DEVICES_KEY = "bota_ota.changed_devices"
+
+
+def note_changed_devices(session: Session, device_ids: Iterable[str]) -> None:
+    """For bulk Core statements (``insert(...).from_select``, ``update(...)``), which no ORM flush sees:
+    these devices changed in this transaction. After COMMIT this instance drops them from its heartbeat
+    cache (``heartbeat/invalidation.py``, which reads ``session.info[CHANGED_DEVICES_KEY]``).
+
+    Needed on SQLite: there this process's own changes count as accounted for, so a change it does not
+    name would stay in its cache. (PostgreSQL's NOTIFY reaches every process anyway.) Use ``RETURNING``
+    to learn the devices a set-based statement touched."""
+    session.info.setdefault(CHANGED_DEVICES_KEY, set()).update(device_ids)
 
 
 def insert_or_raise(session: Session, obj: Base, conflict: Callable[[], Exception]) -> None:

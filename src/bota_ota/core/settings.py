@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(
         30.0, gt=0, le=3600, description="How often each instance runs the BLE-mode and stalled-delivery timeouts."
     )
+    rollout_interval_s: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="How often each instance evaluates running rollouts (outcomes, the failure gate, stage starts).",
+    )
+    rollout_membership_interval_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How often a running rollout with include_new_devices looks for devices that came to match.",
+    )
     db_max_connections: int = Field(
         30,
         ge=2,

@@ -5,7 +5,7 @@ An entry in ``cache.py`` may be used only while nothing it was read from has cha
 * **This instance's own commits** drop the devices they changed at once, before the request that made
   the change answers: hooks on the app's own session factory collect the ids of every ``Device`` and
   ``Assignment`` a flush wrote, and drop them after COMMIT (``drop_own_commits``). Bulk Core statements,
-  which no flush sees, name their devices with ``note_changed_devices``.
+  which no flush sees, name their devices with ``core.database.note_changed_devices``.
 * **Everyone else's commits** (another instance, another ``--workers`` worker, a CLI command, SQL typed
   into psql or the sqlite3 shell) reach the cache through the database itself: triggers on ``devices``
   and ``assignments`` (migration 0006) report every committed change of what the cache holds, and nothing
@@ -38,6 +38,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from bota_ota.core.database import CHANGED_DEVICES_KEY
 from bota_ota.devices.models import Device
 from bota_ota.heartbeat.cache import DeviceCache
 from bota_ota.ota.models import Assignment
@@ -45,7 +46,6 @@ from bota_ota.web.context import AppContext
 
 log = logging.getLogger(__name__)
 
-_PENDING_KEY = "bota_ota.changed_devices"
 
 # The channel the PostgreSQL triggers notify (migration 0006). The payload is a device id, or EVERY_DEVICE
 # after a TRUNCATE (device ids never contain "*").
@@ -63,15 +63,6 @@ def _changed_device_ids(objects: Iterable[object]) -> set[str]:
     return ids
 
 
-def note_changed_devices(session: Session, device_ids: Iterable[str]) -> None:
-    """For bulk Core statements (``session.execute(insert(Assignment), rows)``), which no flush sees:
-    these devices changed in this transaction; this instance drops them from its cache after COMMIT.
-
-    Needed on SQLite: there this process's own changes count as accounted for (``SqliteEpochWatcher``), so
-    a change it does not name would stay in its cache. (PostgreSQL's NOTIFY would reach it anyway.)"""
-    session.info.setdefault(_PENDING_KEY, set()).update(device_ids)
-
-
 def drop_own_commits(sessions: sessionmaker[Session], drop: Callable[[set[str]], None]) -> None:
     """Make every session of ``sessions`` call ``drop(device_ids)`` after each COMMIT that changed devices."""
 
@@ -79,18 +70,18 @@ def drop_own_commits(sessions: sessionmaker[Session], drop: Callable[[set[str]],
         # After a flush, new/dirty/deleted still show what the flush wrote.
         ids = _changed_device_ids(chain(session.new, session.dirty, session.deleted))
         if ids:
-            session.info.setdefault(_PENDING_KEY, set()).update(ids)
+            session.info.setdefault(CHANGED_DEVICES_KEY, set()).update(ids)
 
     def after_commit(session: Session) -> None:
         if session.in_nested_transaction():
             return  # a SAVEPOINT released: the real COMMIT comes later
-        ids: set[str] | None = session.info.pop(_PENDING_KEY, None)
+        ids: set[str] | None = session.info.pop(CHANGED_DEVICES_KEY, None)
         if ids:
             drop(ids)
 
     def after_soft_rollback(session: Session, _previous: Any) -> None:
         if not session.in_transaction():  # the whole transaction, not one SAVEPOINT of it
-            session.info.pop(_PENDING_KEY, None)
+            session.info.pop(CHANGED_DEVICES_KEY, None)
 
     event.listen(sessions, "after_flush", after_flush)
     event.listen(sessions, "after_commit", after_commit)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, false, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
@@ -51,6 +51,10 @@ class Assignment(Base):
     delivery_count: Mapped[int] = mapped_column(Integer, default=0)  # recorded deliveries (delivered + redelivered)
     # When the URL of the last recorded delivery expires: a "redelivered" event is recorded only after it.
     delivery_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The rollout that made it, if any (rollouts/); its pending assignments are held while it is paused:
+    # a held assignment is not delivered, over HTTP or offered in the app, until released.
+    rollout_id: Mapped[str | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"), index=True)
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     events: Mapped[list[AssignmentEvent]] = relationship(
         back_populates="assignment", cascade="all, delete-orphan", order_by="AssignmentEvent.seq"

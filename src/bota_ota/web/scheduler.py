@@ -35,10 +35,13 @@ class Job:
 
 
 class Scheduler:
-    """Runs every registered job once per ``BOTA_OTA_SWEEP_INTERVAL_S`` (±20 % jitter)."""
+    """Runs every registered job once per interval (±20 % jitter): ``BOTA_OTA_SWEEP_INTERVAL_S`` unless
+    given. ``name`` names the loop in logs and task lists."""
 
-    def __init__(self, ctx: AppContext) -> None:
+    def __init__(self, ctx: AppContext, *, interval_s: float | None = None, name: str = "sweeps") -> None:
         self.ctx = ctx
+        self.interval_s = interval_s if interval_s is not None else ctx.settings.sweep_interval_s
+        self.name = name
         self.jobs: list[Job] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -46,7 +49,7 @@ class Scheduler:
         self.jobs.append(Job(name, run))
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="bota-ota sweeps")
+        self._task = asyncio.create_task(self._loop(), name=f"bota-ota {self.name}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -63,7 +66,7 @@ class Scheduler:
         return done
 
     async def _loop(self) -> None:
-        interval = self.ctx.settings.sweep_interval_s
+        interval = self.interval_s
         while True:
             # Jitter: instances started together do not sweep in lockstep (they would only skip each
             # other's locked rows, but there is no need to contend).
@@ -71,10 +74,10 @@ class Scheduler:
             try:
                 done = await self.run_once()
             except Exception:
-                log.exception("sweep failed; trying again at the next interval")
+                log.exception("%s failed; trying again at the next interval", self.name)
                 continue
             if any(done.values()):
-                log.info("sweep: %s", " ".join(f"{k}={v}" for k, v in done.items()))
+                log.info("%s: %s", self.name, " ".join(f"{k}={v}" for k, v in done.items()))
 
     async def _in_session(self, job: Job, now: datetime) -> int:
         def run() -> int:

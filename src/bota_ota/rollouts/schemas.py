@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+
+from bota_ota.core.schemas import InputModel
+from bota_ota.devices.schemas import DeviceFilter
+
+RolloutStatus = Literal["scheduled", "running", "paused", "completed", "cancelled"]
+MAX_STAGES = 10
+DEFAULT_STAGE_WINDOW_S = 24 * 3600
+
+
+class GroupTarget(InputModel):
+    group_id: str = Field(min_length=1, max_length=64)
+
+
+class FilterTarget(InputModel):
+    filter: DeviceFilter
+
+
+class RolloutCreate(InputModel):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    release_id: str = Field(min_length=1, max_length=64)
+    target: GroupTarget | FilterTarget = Field(
+        description='{"group_id": ...} or {"filter": {...}}; always narrowed to the release\'s model'
+    )
+    stages: list[float] = Field(
+        default_factory=lambda: [1.0, 10.0, 100.0],
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Cumulative percentages of the target, increasing, ending at 100 (steps of 0.01)",
+    )
+    advance: Literal["auto", "manual"] = "auto"
+    success_threshold_pct: float = Field(95.0, gt=0, le=100)
+    failure_threshold_pct: float = Field(5.0, ge=0, le=100)
+    failure_min_devices: int = Field(3, ge=1, le=1_000_000)
+    stage_window_s: int = Field(
+        DEFAULT_STAGE_WINDOW_S,
+        ge=60,
+        le=90 * 24 * 3600,
+        description="After this long a stage no longer waits for devices it has not reached (offline, busy)",
+    )
+    start_at: datetime | None = Field(None, description="Start later; null starts at once")
+    include_new_devices: bool = True
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, stages: list[float]) -> list[float]:
+        rounded = [round(p, 2) for p in stages]
+        if any(p <= 0 or p > 100 for p in rounded):
+            raise ValueError("each stage is a percentage above 0 and at most 100")
+        if any(b <= a for a, b in itertools.pairwise(rounded)):
+            raise ValueError("stages must increase (they are cumulative: 1, 10, 100)")
+        if rounded[-1] != 100:
+            raise ValueError("the last stage must be 100")
+        return rounded
+
+    @field_validator("start_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-12-24T08:00:00Z")
+        return value
+
+
+class StageCounts(BaseModel):
+    pending: int = 0
+    delivered: int = 0
+    applied: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class StageOut(BaseModel):
+    index: int
+    percent: float
+    devices: int = Field(description="Devices placed in this stage (skipped ones included)")
+    status: Literal["waiting", "running", "done"]
+    done_reason: str | None = Field(None, description="success, or window (its window ended)")
+    started_at: datetime | None
+    finished_at: datetime | None
+    counts: StageCounts
+
+
+class Skipped(BaseModel):
+    up_to_date: int = 0
+    busy: int = 0
+
+
+class Totals(BaseModel):
+    targeted: int = Field(description="Devices placed in started stages")
+    assigned: int
+    applied: int
+    failed: int
+    waiting_offline: int = Field(description="Assigned but not yet reached (pending), in stages that are done")
+    skipped: Skipped
+
+
+class ReleaseRef(BaseModel):
+    id: str
+    version: str
+    model: str
+
+
+class RolloutOut(BaseModel):
+    id: str
+    name: str
+    release: ReleaseRef
+    status: RolloutStatus
+    paused_reason: str | None
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    start_at: datetime | None
+    target: dict[str, Any]
+    advance: str
+    success_threshold_pct: float
+    failure_threshold_pct: float
+    failure_min_devices: int
+    stage_window_s: int
+    include_new_devices: bool
+    current_stage: int = Field(description="Index of the last started stage; -1 before the start")
+    stages: list[StageOut]
+    totals: Totals
+    failures_by_error: dict[str, int]
+
+
+class RolloutEventOut(BaseModel):
+    at: datetime
+    kind: str
+    actor: str
+    detail: dict[str, Any]
+
+
+class RolloutDetail(RolloutOut):
+    events: list[RolloutEventOut]
+
+
+class RetryResult(BaseModel):
+    retried: int

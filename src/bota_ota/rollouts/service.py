@@ -1,0 +1,285 @@
+"""Rollouts: create, read, and the operator's actions (pause, resume, cancel, advance, retry failed).
+
+The engine (``engine.py``) does the automatic part. Actions lock the rollout row, as the engine does,
+so an action and an evaluation never interleave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import JSON, func, insert, literal, select, update
+from sqlalchemy.orm import Session
+
+from bota_ota.core.database import utcnow
+from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.core.settings import Settings
+from bota_ota.devices.groups import get_group
+from bota_ota.firmware.models import Release
+from bota_ota.ota.models import ACTIVE_STATUSES, Assignment, AssignmentEvent
+from bota_ota.rollouts import engine
+from bota_ota.rollouts.models import OPEN_STATUSES, Rollout, RolloutDevice, RolloutEvent, RolloutStage
+from bota_ota.rollouts.schemas import (
+    GroupTarget,
+    ReleaseRef,
+    RolloutCreate,
+    RolloutDetail,
+    RolloutEventOut,
+    RolloutOut,
+    Skipped,
+    StageCounts,
+    StageOut,
+    Totals,
+)
+
+
+def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *, actor: str) -> Rollout:
+    release = session.get(Release, body.release_id)
+    if release is None:
+        raise NotFound(f"release {body.release_id} not found", field="release_id")
+    if release.artifact("bin") is None:
+        raise ValidationFailed(
+            f"release {release.version} has no .bin file, so it cannot be rolled out over HTTP OTA",
+            field="release_id",
+        )
+    if isinstance(body.target, GroupTarget):
+        group = get_group(session, body.target.group_id)
+        target: dict[str, object] = {"group_id": group.id, "group_name": group.name}
+    else:
+        target = {"filter": body.target.filter.as_json()}
+    now = utcnow()
+    rollout = Rollout(
+        name=body.name,
+        release_id=release.id,
+        model=release.model,
+        version=release.version,
+        status="scheduled",
+        target=target,
+        stages=body.stages,
+        advance=body.advance,
+        success_threshold_pct=body.success_threshold_pct,
+        failure_threshold_pct=body.failure_threshold_pct,
+        failure_min_devices=body.failure_min_devices,
+        stage_window_s=body.stage_window_s,
+        include_new_devices=body.include_new_devices,
+        start_at=body.start_at,
+        current_stage=-1,
+        created_by=actor,
+        created_at=now,
+        stage_rows=[RolloutStage(index=k, percent=p, status="waiting") for k, p in enumerate(body.stages)],
+    )
+    session.add(rollout)
+    session.flush()
+    engine.record(
+        session,
+        rollout,
+        "created",
+        actor=actor,
+        release_id=release.id,
+        version=release.version,
+        model=release.model,
+        target=target,
+        stages=body.stages,
+    )
+    if body.start_at is None or body.start_at <= now:
+        engine.evaluate(session, rollout, settings, now)  # starts the first stage now, not at the next tick
+    return rollout
+
+
+def get_rollout(session: Session, rollout_id: str, *, lock: bool = False) -> Rollout:
+    query = select(Rollout).where(Rollout.id == rollout_id)
+    if lock:
+        query = query.with_for_update()
+    rollout = session.scalar(query)
+    if rollout is None:
+        raise NotFound(f"rollout {rollout_id} not found")
+    return rollout
+
+
+def list_rollouts(
+    session: Session, *, status: str | None = None, release_id: str | None = None, limit: int = 100, offset: int = 0
+) -> tuple[Sequence[Rollout], int]:
+    query = select(Rollout)
+    if status:
+        query = query.where(Rollout.status == status)
+    if release_id:
+        query = query.where(Rollout.release_id == release_id)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Rollout.created_at.desc(), Rollout.id).limit(limit).offset(offset)).all()
+    return rows, int(total)
+
+
+# ---- actions ------------------------------------------------------------------------------------------
+
+
+def _refuse(rollout: Rollout, action: str, allowed: Sequence[str]) -> Conflict:
+    return Conflict(
+        f"cannot {action} a rollout that is {rollout.status} (only when {' or '.join(allowed)})", field="status"
+    )
+
+
+def pause(session: Session, rollout_id: str, *, actor: str) -> Rollout:
+    rollout = get_rollout(session, rollout_id, lock=True)
+    if rollout.status not in ("scheduled", "running"):
+        raise _refuse(rollout, "pause", ("scheduled", "running"))
+    engine.pause(session, rollout, f"paused by {actor}", utcnow(), actor=actor)
+    return rollout
+
+
+def resume(session: Session, rollout_id: str, settings: Settings, *, actor: str) -> Rollout:
+    rollout = get_rollout(session, rollout_id, lock=True)
+    if rollout.status != "paused":
+        raise _refuse(rollout, "resume", ("paused",))
+    now = utcnow()
+    if rollout.current_stage < 0:  # paused before it started: it starts now (or at start_at)
+        rollout.status, rollout.paused_reason = "scheduled", None
+        engine.record(session, rollout, "resumed", actor=actor)
+        engine.evaluate(session, rollout, settings, now)
+        return rollout
+    engine.resume(session, rollout, now, actor=actor)
+    engine.assign_waiting(session, rollout, now)
+    return rollout
+
+
+def cancel(session: Session, rollout_id: str, *, actor: str) -> Rollout:
+    """Cancels every pending and delivered assignment of the rollout, in one statement each."""
+    rollout = get_rollout(session, rollout_id, lock=True)
+    if rollout.status not in OPEN_STATUSES:
+        raise _refuse(rollout, "cancel", OPEN_STATUSES)
+    now = utcnow()
+    active = (Assignment.rollout_id == rollout.id) & Assignment.status.in_(ACTIVE_STATUSES)
+    session.execute(
+        insert(AssignmentEvent).from_select(
+            ["assignment_id", "at", "kind", "status", "detail", "actor"],
+            select(
+                Assignment.id,
+                literal(now, type_=AssignmentEvent.__table__.c.at.type),
+                literal("cancelled"),
+                literal("cancelled"),
+                literal({"previous": "pending or delivered", "rollout_id": rollout.id}, type_=JSON),
+                literal(actor[:200]),
+            ).where(active),
+        )
+    )
+    cancelled = engine.changed_devices(
+        session,
+        update(Assignment)
+        .where(active)
+        .values(status="cancelled", finished_at=now, held=False)
+        .returning(Assignment.device_id)
+        .execution_options(synchronize_session=False),
+    )
+    for row in rollout.stage_rows:
+        if row.status == "running":
+            row.status, row.finished_at = "done", now
+    engine.finish(session, rollout, "cancelled", now, actor=actor, assignments_cancelled=len(cancelled))
+    return rollout
+
+
+def advance(session: Session, rollout_id: str, settings: Settings, *, actor: str) -> Rollout:
+    """Start the next stage now (or, after the last one, complete the rollout)."""
+    rollout = get_rollout(session, rollout_id, lock=True)
+    if rollout.status != "running":
+        raise _refuse(rollout, "advance", ("running",))
+    now = utcnow()
+    current = rollout.stage_rows[rollout.current_stage]
+    if current.status == "running":
+        current.status, current.finished_at, current.done_reason = "done", now, "advanced"
+    if rollout.current_stage == len(rollout.stages) - 1:
+        engine.finish(session, rollout, "completed", now, actor=actor)
+        return rollout
+    engine.start_stage(session, rollout, rollout.current_stage + 1, now, actor=actor)
+    return rollout
+
+
+def retry_failed(session: Session, rollout_id: str, *, actor: str) -> int:
+    """New assignments for the rollout's devices whose assignment failed. Returns how many."""
+    rollout = get_rollout(session, rollout_id, lock=True)
+    if rollout.status not in ("running", "paused"):
+        raise _refuse(rollout, "retry failed devices of", ("running", "paused"))
+    failed = select(Assignment.id).where(Assignment.rollout_id == rollout.id, Assignment.status == "failed")
+    session.execute(
+        update(RolloutDevice)
+        .where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.assignment_id.in_(failed))
+        .values(state="waiting")
+        .execution_options(synchronize_session=False)
+    )
+    now = utcnow()
+    made = engine.assign_waiting(session, rollout, now)
+    engine.record(session, rollout, "retried_failed", actor=actor, assignments=made)
+    return made
+
+
+# ---- the detail ---------------------------------------------------------------------------------------
+
+
+def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
+    states = engine.stage_states(session, rollout)
+    stages = []
+    targeted = assigned = applied = failed = offline = up_to_date = busy = 0
+    for row in rollout.stage_rows:
+        s = states.get(row.index, engine.StageState())
+        counts = StageCounts(**{k: s.statuses[k] for k in StageCounts.model_fields})
+        stages.append(
+            StageOut(
+                index=row.index,
+                percent=row.percent,
+                devices=s.members,
+                status=row.status,
+                done_reason=row.done_reason,
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+                counts=counts,
+            )
+        )
+        targeted += s.members
+        assigned += sum(s.statuses.values())
+        applied += s.statuses["applied"]
+        failed += s.statuses["failed"]
+        up_to_date += s.up_to_date
+        busy += s.busy
+        if row.status == "done":
+            offline += s.statuses["pending"]
+    return RolloutOut(
+        id=rollout.id,
+        name=rollout.name,
+        release=ReleaseRef(id=rollout.release_id, version=rollout.version, model=rollout.model),
+        status=rollout.status,
+        paused_reason=rollout.paused_reason,
+        created_by=rollout.created_by,
+        created_at=rollout.created_at,
+        started_at=rollout.started_at,
+        finished_at=rollout.finished_at,
+        start_at=rollout.start_at,
+        target=rollout.target,
+        advance=rollout.advance,
+        success_threshold_pct=rollout.success_threshold_pct,
+        failure_threshold_pct=rollout.failure_threshold_pct,
+        failure_min_devices=rollout.failure_min_devices,
+        stage_window_s=rollout.stage_window_s,
+        include_new_devices=rollout.include_new_devices,
+        current_stage=rollout.current_stage,
+        stages=stages,
+        totals=Totals(
+            targeted=targeted,
+            assigned=assigned,
+            applied=applied,
+            failed=failed,
+            waiting_offline=offline,
+            skipped=Skipped(up_to_date=up_to_date, busy=busy),
+        ),
+        failures_by_error=engine.failures_by_error(session, rollout),
+    )
+
+
+def rollout_detail(session: Session, rollout: Rollout, *, events: int = 200) -> RolloutDetail:
+    rows = session.scalars(
+        select(RolloutEvent)
+        .where(RolloutEvent.rollout_id == rollout.id)
+        .order_by(RolloutEvent.seq.desc())
+        .limit(events)
+    ).all()
+    return RolloutDetail(
+        **rollout_out(session, rollout).model_dump(),
+        events=[RolloutEventOut(at=e.at, kind=e.kind, actor=e.actor, detail=e.detail) for e in rows],
+    )
