@@ -21,6 +21,10 @@ COMMANDS = [
     ["db", "upgrade"],
     ["simulate"],
     ["assign"],
+    ["rollout"],
+    ["rollout", "create"],
+    ["rollout", "show"],
+    ["rollout", "pause"],
 ]
 
 

@@ -11,6 +11,7 @@ from rich.panel import Panel
 
 from bota_ota import __version__
 from bota_ota.cli import app_sim as app_sim_cli
+from bota_ota.cli import rollout as rollout_cli
 from bota_ota.cli import sim as sim_cli
 from bota_ota.cli.common import DataDirOption, cli_session, console, err_console, load_settings
 
@@ -29,6 +30,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 app.add_typer(app_user_app, name="app-user")
+app.add_typer(rollout_cli.app, name="rollout")
 app.command("simulate")(sim_cli.simulate)
 app.command("assign")(sim_cli.assign)
 app.command("app-sim")(app_sim_cli.app_sim)

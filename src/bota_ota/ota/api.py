@@ -82,10 +82,16 @@ def list_assignments(
         str | None,
         Query(min_length=1, max_length=64, description="Only this release's assignments (an unknown id matches none)"),
     ] = None,
+    rollout_id: Annotated[
+        str | None,
+        Query(min_length=1, max_length=64, description="Only this rollout's assignments (an unknown id matches none)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[AssignmentOut]:
-    rows, total = service.list_assignments(session, status=status, release_id=release_id, limit=limit, offset=offset)
+    rows, total = service.list_assignments(
+        session, status=status, release_id=release_id, rollout_id=rollout_id, limit=limit, offset=offset
+    )
     response.headers["X-Total-Count"] = str(total)
     return [AssignmentOut.model_validate(a) for a in rows]
 

@@ -43,6 +43,8 @@ class AssignmentOut(BaseModel):
     error: str | None
     ota_state: str | None
     progress: int | None
+    rollout_id: str | None = Field(None, description="The rollout that made it, if any")
+    held: bool = Field(False, description="Held while its rollout is paused: not delivered until resumed")
 
 
 class EventOut(BaseModel):

@@ -165,6 +165,7 @@ def list_assignments(
     status: str | None = None,
     device_id: str | None = None,
     release_id: str | None = None,
+    rollout_id: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[Sequence[Assignment], int]:
@@ -177,6 +178,8 @@ def list_assignments(
         query = query.where(Assignment.device_id == device_id)
     if release_id:
         query = query.where(Assignment.release_id == release_id)
+    if rollout_id:
+        query = query.where(Assignment.rollout_id == rollout_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(
         query.order_by(Assignment.created_at.desc(), Assignment.id.desc()).limit(limit).offset(offset)

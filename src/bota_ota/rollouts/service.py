@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from bota_ota.core.database import utcnow
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.settings import Settings
-from bota_ota.devices.groups import get_group
+from bota_ota.devices.models import DeviceGroup
 from bota_ota.firmware.models import Release
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment, AssignmentEvent
 from bota_ota.rollouts import engine
@@ -43,7 +43,9 @@ def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *,
             field="release_id",
         )
     if isinstance(body.target, GroupTarget):
-        group = get_group(session, body.target.group_id)
+        group = session.get(DeviceGroup, body.target.group_id)
+        if group is None:
+            raise NotFound(f"group {body.target.group_id} not found", field="target.group_id")
         target: dict[str, object] = {"group_id": group.id, "group_name": group.name}
     else:
         target = {"filter": body.target.filter.as_json()}
