@@ -8,7 +8,15 @@ from fastapi import APIRouter, Query, Response
 
 from bota_ota.accounts.deps import Operator, Viewer
 from bota_ota.rollouts import service
-from bota_ota.rollouts.schemas import RetryResult, RolloutCreate, RolloutDetail, RolloutOut, RolloutStatus
+from bota_ota.rollouts.schemas import (
+    Preview,
+    PreviewRequest,
+    RetryResult,
+    RolloutCreate,
+    RolloutDetail,
+    RolloutOut,
+    RolloutStatus,
+)
 from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
@@ -20,6 +28,15 @@ def create_rollout(
 ) -> RolloutDetail:
     rollout = service.create_rollout(session, body, settings, actor=principal.actor)
     return service.rollout_detail(session, rollout)
+
+
+@router.post(
+    "/preview",
+    response_model=Preview,
+    summary="What a rollout would do now: matching devices, skipped ones, about how many per stage",
+)
+def preview_rollout(body: PreviewRequest, session: SessionDep, _: Viewer) -> Preview:
+    return service.preview(session, body)
 
 
 @router.get("", response_model=list[RolloutOut], summary="Rollouts, newest first (total in X-Total-Count)")

@@ -4,7 +4,7 @@ import itertools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from bota_ota.core.schemas import InputModel
 from bota_ota.devices.schemas import DeviceFilter
@@ -12,6 +12,28 @@ from bota_ota.devices.schemas import DeviceFilter
 RolloutStatus = Literal["scheduled", "running", "paused", "completed", "cancelled"]
 MAX_STAGES = 10
 DEFAULT_STAGE_WINDOW_S = 24 * 3600
+
+
+def check_stages(stages: list[float]) -> list[float]:
+    rounded = [round(p, 2) for p in stages]
+    if any(p <= 0 or p > 100 for p in rounded):
+        raise ValueError("each stage is a percentage above 0 and at most 100")
+    if any(b <= a for a, b in itertools.pairwise(rounded)):
+        raise ValueError("stages must increase (they are cumulative: 1, 10, 100)")
+    if rounded[-1] != 100:
+        raise ValueError("the last stage must be 100")
+    return rounded
+
+
+Stages = Annotated[
+    list[float],
+    Field(
+        min_length=1,
+        max_length=MAX_STAGES,
+        description="Cumulative percentages of the target, increasing, ending at 100 (steps of 0.01)",
+    ),
+    AfterValidator(check_stages),
+]
 
 
 class GroupTarget(InputModel):
@@ -28,12 +50,7 @@ class RolloutCreate(InputModel):
     target: GroupTarget | FilterTarget = Field(
         description='{"group_id": ...} or {"filter": {...}}; always narrowed to the release\'s model'
     )
-    stages: list[float] = Field(
-        default_factory=lambda: [1.0, 10.0, 100.0],
-        min_length=1,
-        max_length=MAX_STAGES,
-        description="Cumulative percentages of the target, increasing, ending at 100 (steps of 0.01)",
-    )
+    stages: Stages = Field(default_factory=lambda: [1.0, 10.0, 100.0])
     advance: Literal["auto", "manual"] = "auto"
     success_threshold_pct: float = Field(95.0, gt=0, le=100)
     failure_threshold_pct: float = Field(5.0, ge=0, le=100)
@@ -46,18 +63,6 @@ class RolloutCreate(InputModel):
     )
     start_at: datetime | None = Field(None, description="Start later; null starts at once")
     include_new_devices: bool = True
-
-    @field_validator("stages")
-    @classmethod
-    def _stages(cls, stages: list[float]) -> list[float]:
-        rounded = [round(p, 2) for p in stages]
-        if any(p <= 0 or p > 100 for p in rounded):
-            raise ValueError("each stage is a percentage above 0 and at most 100")
-        if any(b <= a for a, b in itertools.pairwise(rounded)):
-            raise ValueError("stages must increase (they are cumulative: 1, 10, 100)")
-        if rounded[-1] != 100:
-            raise ValueError("the last stage must be 100")
-        return rounded
 
     @field_validator("start_at")
     @classmethod
@@ -143,3 +148,22 @@ class RolloutDetail(RolloutOut):
 
 class RetryResult(BaseModel):
     retried: int
+
+
+class PreviewRequest(InputModel):
+    release_id: str = Field(min_length=1, max_length=64)
+    target: GroupTarget | FilterTarget
+    stages: Stages = Field(default_factory=lambda: [1.0, 10.0, 100.0])
+
+
+class StagePreview(BaseModel):
+    index: int
+    percent: float
+    devices: int = Field(description="About how many of the target's devices the stage will hold")
+
+
+class Preview(BaseModel):
+    matching: int = Field(description="Devices of the release's model matching the target now")
+    up_to_date: int = Field(description="Of those, already on the release's version or newer: skipped")
+    busy: int = Field(description="Of those, with another active assignment: they join when it ends")
+    stages: list[StagePreview]

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import JSON, func, insert, literal, select, update
+from sqlalchemy import JSON, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from bota_ota.core.database import utcnow
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.settings import Settings
-from bota_ota.devices.models import DeviceGroup
+from bota_ota.devices.filters import apply_filter, parse_filter
+from bota_ota.devices.models import Device, DeviceGroup
+from bota_ota.devices.schemas import DeviceFilter
 from bota_ota.firmware.models import Release
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment, AssignmentEvent
 from bota_ota.rollouts import engine
 from bota_ota.rollouts.models import OPEN_STATUSES, Rollout, RolloutDevice, RolloutEvent, RolloutStage
 from bota_ota.rollouts.schemas import (
+    FilterTarget,
     GroupTarget,
+    Preview,
+    PreviewRequest,
     ReleaseRef,
     RolloutCreate,
     RolloutDetail,
@@ -29,26 +34,64 @@ from bota_ota.rollouts.schemas import (
     Skipped,
     StageCounts,
     StageOut,
+    StagePreview,
     Totals,
 )
 
 
-def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *, actor: str) -> Rollout:
-    release = session.get(Release, body.release_id)
+def _release_for_rollout(session: Session, release_id: str) -> Release:
+    release = session.get(Release, release_id)
     if release is None:
-        raise NotFound(f"release {body.release_id} not found", field="release_id")
+        raise NotFound(f"release {release_id} not found", field="release_id")
     if release.artifact("bin") is None:
         raise ValidationFailed(
             f"release {release.version} has no .bin file, so it cannot be rolled out over HTTP OTA",
             field="release_id",
         )
-    if isinstance(body.target, GroupTarget):
-        group = session.get(DeviceGroup, body.target.group_id)
+    return release
+
+
+def _target(session: Session, target: GroupTarget | FilterTarget) -> tuple[dict[str, object], DeviceFilter]:
+    """The target as stored, and its filter now."""
+    if isinstance(target, GroupTarget):
+        group = session.get(DeviceGroup, target.group_id)
         if group is None:
-            raise NotFound(f"group {body.target.group_id} not found", field="target.group_id")
-        target: dict[str, object] = {"group_id": group.id, "group_name": group.name}
-    else:
-        target = {"filter": body.target.filter.as_json()}
+            raise NotFound(f"group {target.group_id} not found", field="target.group_id")
+        return {"group_id": group.id, "group_name": group.name}, parse_filter(group.filter)
+    return {"filter": target.filter.as_json()}, target.filter
+
+
+def preview(session: Session, body: PreviewRequest) -> Preview:
+    """What a rollout of this release to this target would do now: the matching devices, the skipped ones,
+    and about how many each stage would hold (the exact split depends on the rollout's id)."""
+    release = _release_for_rollout(session, body.release_id)
+    _stored, f = _target(session, body.target)
+    devices = apply_filter(select(Device.id).where(Device.model == release.model), f, session).subquery()
+    up_to_date_versions = engine.versions_at_least(session, release.model, release.version)
+    busy = exists().where(Assignment.device_id == devices.c.id, Assignment.status.in_(ACTIVE_STATUSES))
+    matching, busy_count = session.execute(select(func.count(), func.count().filter(busy)).select_from(devices)).one()
+    up_to_date = 0
+    if up_to_date_versions:
+        up_to_date = int(
+            session.scalar(
+                select(func.count())
+                .select_from(Device)
+                .where(Device.id.in_(select(devices.c.id)), Device.firmware_version.in_(up_to_date_versions))
+            )
+            or 0
+        )
+    previous = 0
+    stages = []
+    for k, percent in enumerate(body.stages):
+        upto = round(int(matching) * percent / 100)
+        stages.append(StagePreview(index=k, percent=percent, devices=upto - previous))
+        previous = upto
+    return Preview(matching=int(matching), up_to_date=up_to_date, busy=int(busy_count or 0), stages=stages)
+
+
+def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *, actor: str) -> Rollout:
+    release = _release_for_rollout(session, body.release_id)
+    target, _filter = _target(session, body.target)
     now = utcnow()
     rollout = Rollout(
         name=body.name,
