@@ -19,7 +19,7 @@ from rich.table import Table
 
 from bota_ota.cli.common import console, err_console
 from bota_ota.sim.device import Timing
-from bota_ota.sim.faults import Faults
+from bota_ota.sim.faults import Faults, parse_share
 from bota_ota.sim.fleet import MODEL_CODES, Fleet, FleetConfig, provision
 from bota_ota.sim.mgmt import MgmtClient, MgmtError
 
@@ -104,6 +104,9 @@ def simulate(
     faults: Annotated[
         str, typer.Option(help="e.g. drop=0.2,corrupt=0.05,expire=0.1,power_loss=0.05,record=0.01,record_s=20")
     ] = "",
+    fault_devices: Annotated[
+        str, typer.Option(help="The share of devices the faults apply to, e.g. 20% (the others are healthy).")
+    ] = "100%",
     seed: Annotated[int | None, typer.Option(help="Random seed, for repeatable runs.")] = None,
     firmware: Annotated[str, typer.Option(help="Firmware version of newly registered devices.")] = "v1.0.0",
     prefix: Annotated[str, typer.Option(help="Device id prefix: ids are PREFIX-PIN-00001 ...")] = "SIM",
@@ -143,6 +146,11 @@ def simulate(
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] --faults: {exc}")
         raise typer.Exit(2) from None
+    try:
+        fault_share = parse_share(fault_devices)
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] --fault-devices: {exc}")
+        raise typer.Exit(2) from None
     logging.basicConfig(level=logging.WARNING)
     config = FleetConfig(
         server=server.rstrip("/"),
@@ -151,6 +159,7 @@ def simulate(
         prefix=prefix,
         firmware_version=firmware,
         faults=fault_cfg,
+        fault_share=fault_share,
         seed=seed,
         timing=Timing(reboot_s=reboot_s, interval_override_s=interval),
         flash_dir=flash_dir,

@@ -11,6 +11,9 @@ Faults are probabilities, parsed from ``drop=0.2,corrupt=0.05,expire=0.1,power_l
 - ``power_loss``: power fails while writing flash; the device comes back on its old version and
   reports ``failed`` with ``power_loss``.
 - ``record``: chance per heartbeat that a recording session starts (lasting ``record_s`` seconds).
+
+Faults apply to every simulated device, or to a share of them (``--fault-devices 20%``): then a canary
+stage can be seen failing while the rest of the fleet is healthy. Which devices is drawn from the seed.
 """
 
 from __future__ import annotations
@@ -61,6 +64,18 @@ class Faults:
 
     def __str__(self) -> str:
         return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
+
+
+def parse_share(text: str) -> float:
+    """``20%`` or ``0.2``: the share of the fleet that faults apply to."""
+    raw = text.strip()
+    try:
+        share = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError(f"give a percentage like 20% or a fraction like 0.2, got {text!r}") from None
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the share of devices is between 0% and 100%, got {text!r}")
+    return share
 
 
 class FaultProxy:

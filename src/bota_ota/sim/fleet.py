@@ -37,6 +37,7 @@ class FleetConfig:
     prefix: str = "SIM"
     firmware_version: str = "v1.0.0"
     faults: Faults = field(default_factory=Faults)
+    fault_share: float = 1.0  # the share of devices the faults apply to; the others run without faults
     seed: int | None = None
     timing: Timing = field(default_factory=Timing)
     flash_dir: Path = Path("sim-flash")
@@ -143,7 +144,11 @@ class Fleet:
                 self.proxies[(host, port)] = proxy
         seed_rng = random.Random(cfg.seed)
         cfg.flash_dir.mkdir(parents=True, exist_ok=True)
-        for cred in self.credentials:
+        count = len(self.credentials)
+        faulty = set(range(count))
+        if cfg.fault_share < 1.0:  # drawn only then: a seed repeats the same run with or without the option
+            faulty = set(seed_rng.sample(range(count), round(count * cfg.fault_share)))
+        for index, cred in enumerate(self.credentials):
             self.devices.append(
                 SimDevice(
                     device_id=cred.device_id,
@@ -152,7 +157,7 @@ class Fleet:
                     firmware_version=cred.firmware_version,
                     net=self.net,
                     flash_dir=cfg.flash_dir,
-                    faults=cfg.faults,
+                    faults=cfg.faults if index in faulty else Faults(),
                     rng=random.Random(seed_rng.getrandbits(64)),
                     timing=cfg.timing,
                     proxies=self.proxies or None,
