@@ -36,7 +36,7 @@ from bota_ota.ota.api import devices_router as fleet_router
 from bota_ota.ota.api import groups_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.sweeps import fail_stalled_deliveries
-from bota_ota.portal import admin_views, device_views, firmware_views
+from bota_ota.portal import admin_views, device_views, firmware_views, group_views, rollout_views
 from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
 from bota_ota.rollouts.api import router as rollouts_router
@@ -141,6 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         firmware_views.router,
         device_views.router,
         admin_views.router,
+        rollout_views.router,
+        group_views.router,
     ):
         app.include_router(router)
 

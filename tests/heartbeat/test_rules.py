@@ -62,6 +62,7 @@ def pending(**changes: object) -> AssignmentView:
         progress=None,
         delivery_expires_at=None,
         release_id="rel-1",
+        held=False,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -116,6 +117,7 @@ def test_material_change(dev: DeviceSnapshot, beat: Heartbeat, material: bool) -
 WRITES_BY_OUTCOME = [
     pytest.param("none", False, id="none"),
     pytest.param("hold", False, id="hold"),
+    pytest.param("withheld", False, id="withheld"),
     pytest.param("defer", False, id="defer"),
     pytest.param("resend", False, id="resend"),
     pytest.param("apply", True, id="apply"),
@@ -308,6 +310,50 @@ def test_deliver(dev: DeviceSnapshot, beat: Heartbeat, material: bool) -> None:
     check(dev, pending(), beat, Plan(material, None, "deliver"), writes=True)
 
 
+# --- Held (its rollout is paused): a pending assignment is not delivered; a delivered one goes on. -----------
+# Held comes before recording: a held assignment is not "deferred" (it may never come). Only the reported
+# version still applies it (the device runs it already: nothing is delivered).
+
+HELD = [
+    pytest.param(device(), pending(held=True), hb(), Plan(False, None, "withheld"), False, id="pending-held"),
+    pytest.param(device(), pending(), hb(), Plan(False, None, "deliver"), True, id="pending-not-held-delivered"),
+    pytest.param(device(last_seen_at=None), pending(held=True), hb(), Plan(True, None, "withheld"), True,
+                 id="pending-held-first-heartbeat-writes-telemetry-only"),
+    pytest.param(device(ble_connected=True), pending(held=True), hb(), Plan(True, None, "withheld"), True,
+                 id="pending-held-back-from-ble"),
+    pytest.param(device(recording=True), pending(held=True), hb(recording=True), Plan(False, None, "withheld"),
+                 False, id="pending-held-recording-not-deferred"),
+    pytest.param(device(), pending(held=True), hb(recording=True), Plan(True, None, "withheld"), True,
+                 id="pending-held-recording-starts"),
+    pytest.param(device(), pending(held=True), hb(ota=DL_55), Plan(False, None, "withheld"), False,
+                 id="pending-held-progress-not-recorded"),
+    pytest.param(device(), pending(held=True), hb(ota=report("failed")), Plan(False, None, "withheld"), False,
+                 id="pending-held-failed-report-ignored"),
+    pytest.param(device(), pending(held=True), hb("v1.1.0"), Plan(True, None, "apply"), True,
+                 id="pending-held-already-on-it-applies"),
+    # A delivered assignment is never held by a pause; if one were, it is treated as delivered.
+    pytest.param(device(), delivered(held=True), hb(), Plan(False, None, "resend"), False,
+                 id="delivered-held-resend"),
+    pytest.param(device(), delivered(held=True, delivery_expires_at=EARLIER), hb(), Plan(False, None, "redeliver"),
+                 True, id="delivered-held-redeliver"),
+    pytest.param(device(), delivered(held=True), hb(ota=DL_0), Plan(False, DL_0, "resend"), True,
+                 id="delivered-held-progress-recorded"),
+    pytest.param(device(), delivered(held=True, ota_state="writing"), hb(ota=report("writing")),
+                 Plan(False, None, "hold"), False, id="delivered-held-writing"),
+    pytest.param(device(), delivered(held=True, ota_state="downloading"), hb(ota=report("failed")),
+                 Plan(False, None, "fail"), True, id="delivered-held-fails"),
+    pytest.param(device(recording=True), delivered(held=True), hb(recording=True), Plan(False, None, "defer"),
+                 False, id="delivered-held-recording-deferred"),
+    pytest.param(device(), delivered(held=True), hb("v1.1.0"), Plan(True, None, "apply"), True,
+                 id="delivered-held-applies"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dev", "asg", "beat", "expected", "writes"), HELD)
+def test_held(dev: DeviceSnapshot, asg: AssignmentView, beat: Heartbeat, expected: Plan, writes: bool) -> None:
+    check(dev, asg, beat, expected, writes)
+
+
 # --- Step 6: a delivered assignment gets the manifest again. ------------------------------------------------
 # Recorded (redeliver) only when the device is not working on it and the last recorded URL is dead;
 # otherwise a fresh URL with nothing recorded (resend).
@@ -387,6 +433,7 @@ NO_MANIFEST = [
     pytest.param("apply", None, id="apply"),
     pytest.param("fail", None, id="fail"),
     pytest.param("hold", None, id="hold"),
+    pytest.param("withheld", None, id="withheld"),
     pytest.param("defer", "recording", id="defer"),
 ]
 
@@ -436,6 +483,10 @@ ROUTINE = [
     pytest.param(device(), hb(), "none", False, None, id="no-assignment"),
     pytest.param(device(assignment=delivered()), hb(), "resend", False, None, id="resend"),
     pytest.param(device(recording=True, assignment=pending()), hb(recording=True), "defer", False, None, id="defer"),
+    pytest.param(device(assignment=pending(held=True)), hb(), "withheld", False, None, id="withheld"),
+    pytest.param(device(recording=True, assignment=pending(held=True)), hb(recording=True), "withheld", False, None,
+                 id="withheld-recording"),
+    pytest.param(device(assignment=delivered(held=True)), hb(), "resend", False, None, id="delivered-held-resend"),
     pytest.param(device(assignment=delivered(ota_state="writing", progress=50)), hb(ota=report("writing", 50)),
                  "hold", False, None, id="hold"),
     pytest.param(device(assignment=delivered(ota_state="downloading", progress=40)), hb(ota=DL_55),
@@ -448,6 +499,8 @@ ROUTINE = [
     pytest.param(device(), hb(recording=True), "none", True, None, id="recording-flipped"),
     pytest.param(device(ble_connected=True), hb(), "none", True, None, id="ble-ends"),
     pytest.param(device(assignment=pending()), hb(), "deliver", True, None, id="deliver"),
+    pytest.param(device(last_seen_at=None, assignment=pending(held=True)), hb(), "withheld", True, None,
+                 id="withheld-first-heartbeat"),
     pytest.param(device(assignment=delivered(delivery_expires_at=EARLIER)), hb(), "redeliver", True, None,
                  id="redeliver"),
     pytest.param(device(assignment=delivered()), hb("v1.1.0"), "apply", True, None, id="apply"),

@@ -32,6 +32,12 @@ ROUTES: dict[str, dict[str, str]] = {
     "/users/{user_id}": {"role": "admin"},
     "/tokens": {"name": "sneaky", "role": "admin"},
     "/tokens/{token_id}/revoke": {},
+    "/devices/{device_id}/tags": {"tags": "beta"},
+    "/groups/new": {"name": "sneaky group"},
+    "/groups/{group_id}/edit": {"name": "renamed"},
+    "/groups/{group_id}/delete": {},
+    "/rollouts/new": {"name": "sneaky", "release_id": "{release_id}", "target_kind": "filter", "stages": "50, 100"},
+    "/rollouts/{rollout_id}/{action}": {},
 }
 
 
@@ -61,6 +67,17 @@ def world(client: TestClient, admin: ApiClient, sessions: Any) -> World:
     admin.device(device_id="BP-CSRF-2")
     assignment = admin.assign("BP-CSRF-2", referenced["id"]).json()
     token_id = admin.get("/api/v1/tokens").json()[0]["id"]
+    admin.device(device_id="BP-CSRF-3")
+    group = admin.post("/api/v1/groups", json={"name": "csrf", "filter": {"tags": ["csrf"]}}).json()
+    rollout = admin.post(
+        "/api/v1/rollouts",
+        json={
+            "name": "csrf",
+            "release_id": referenced["id"],
+            "target": {"filter": {"ids": ["BP-CSRF-3"]}},
+            "stages": [50, 100],
+        },
+    ).json()
     sign_in(client, "boss@example.com", "correct-horse")
     ids = {
         "release_id": unreferenced["id"],
@@ -68,6 +85,9 @@ def world(client: TestClient, admin: ApiClient, sessions: Any) -> World:
         "assignment_id": assignment["id"],
         "user_id": user_id,
         "token_id": token_id,
+        "group_id": group["id"],
+        "rollout_id": rollout["id"],
+        "action": "pause",
     }
     return World(ids=ids, boss_email="boss@example.com")
 
@@ -79,6 +99,8 @@ def snapshot(admin: ApiClient, settings: Settings) -> dict[str, Any]:
         "devices": [(d["id"], d["active_assignment"]) for d in admin.get("/api/v1/devices").json()],
         "users": admin.get("/api/v1/users").json(),
         "tokens": admin.get("/api/v1/tokens").json(),
+        "groups": admin.get("/api/v1/groups").json(),
+        "rollouts": admin.get("/api/v1/rollouts").json(),
         "blobs": files_in(settings.blob_dir),
     }
 

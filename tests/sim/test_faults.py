@@ -47,7 +47,7 @@ def test_fault_devices_share_parses(text: str, share: float) -> None:
 
 @pytest.mark.parametrize("text", ["lots", "120%", "-1", "1.5", ""])
 def test_fault_devices_share_refuses_bad_input(text: str) -> None:
-    with pytest.raises(ValueError, match="percentage|between"):
+    with pytest.raises(ValueError, match=r"percentage|between"):
         parse_share(text)
 
 

@@ -34,6 +34,7 @@ _SNAPSHOT = (
         Assignment.progress,
         Assignment.delivery_expires_at,
         Assignment.release_id,
+        Assignment.held,
         Artifact.storage_key,
         Artifact.size,
         Artifact.crc32,
@@ -70,6 +71,7 @@ def _snapshot(row: Row[Any] | Any | None) -> DeviceSnapshot | None:
             progress=row.progress,
             delivery_expires_at=row.delivery_expires_at,
             release_id=row.release_id,
+            held=bool(row.held),
         )
     bin_ref = None
     if row.storage_key is not None:

@@ -19,7 +19,7 @@ from bota_ota.heartbeat.schemas import Heartbeat, OtaReport
 # While the device says it is verifying, writing or rebooting, a download URL is of no use to it.
 NO_MANIFEST_STATES = frozenset({"verifying", "writing", "rebooting"})
 
-Outcome = Literal["none", "apply", "fail", "hold", "defer", "deliver", "redeliver", "resend"]
+Outcome = Literal["none", "apply", "fail", "hold", "withheld", "defer", "deliver", "redeliver", "resend"]
 RECORDED_OUTCOMES = frozenset({"apply", "fail", "deliver", "redeliver"})
 MANIFEST_OUTCOMES = frozenset({"deliver", "redeliver", "resend"})
 
@@ -45,6 +45,7 @@ class AssignmentView:
     progress: int | None
     delivery_expires_at: datetime | None
     release_id: str
+    held: bool  # its rollout is paused: a pending assignment is not delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,8 @@ class AssignmentState(Protocol):
     def progress(self) -> int | None: ...
     @property
     def delivery_expires_at(self) -> datetime | None: ...
+    @property
+    def held(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,9 @@ class Plan:
     progress: OtaReport | None  # a change of reported progress to record
     outcome: Outcome
     # none: no active assignment · apply / fail: final · hold: no manifest while verifying/writing/rebooting
-    # defer: recording · deliver: pending → delivered · redeliver: manifest again, recorded because the last
-    # recorded URL has expired · resend: manifest again with a fresh URL, nothing recorded
+    # withheld: pending and held (its rollout is paused): no manifest, nothing recorded · defer: recording
+    # deliver: pending → delivered · redeliver: manifest again, recorded because the last recorded URL has
+    # expired · resend: manifest again with a fresh URL, nothing recorded
     # Only the percentage moved, within the same state: written behind with the telemetry (no event either
     # way), unless the heartbeat writes anyway.
     progress_only: bool = False
@@ -139,6 +143,10 @@ def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: 
             only = report.state == assignment.ota_state
         if report.state in NO_MANIFEST_STATES:
             return Plan(material, progress, "hold", only)
+    if assignment.status == "pending" and assignment.held:
+        # Its rollout is paused: not delivered, and not announced as deferred either (it may never come).
+        # Only a pending assignment is held; a delivered one that somehow is goes on (downloads finish).
+        return Plan(material, None, "withheld")
     if hb.recording:
         return Plan(material, progress, "defer", only)
     if assignment.status == "pending":

@@ -22,6 +22,7 @@ from bota_ota.heartbeat.presence import apply_telemetry
 from bota_ota.heartbeat.schemas import Heartbeat
 from bota_ota.mobile.schemas import AppDevice, BleOta, FirmwareUpdate, UfwRelease
 from bota_ota.ota import service as ota
+from bota_ota.ota.models import Assignment
 from bota_ota.storage import BlobStore
 
 _DUMMY_HASH = hash_password("not-a-real-password")
@@ -145,12 +146,29 @@ def app_device(device: Device, *, ble_timeout_s: int) -> AppDevice:
 # ---- update discovery ----------------------------------------------------------------------------------
 
 
+def is_held(assignment: Assignment) -> bool:
+    """Pending and held (its rollout is paused): not delivered, offered or started. Only pending assignments
+    are held; a delivered one that is goes on (a download or transfer under way finishes)."""
+    return assignment.status == "pending" and assignment.held
+
+
+def _no_update() -> FirmwareUpdate:
+    return FirmwareUpdate(update_available=False, reason=None, assignment_id=None, release=None)
+
+
 def firmware_update(session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int) -> FirmwareUpdate:
-    """What the app should offer: an active assignment's .ufw first, else the newest newer released .ufw."""
+    """What the app should offer: an active assignment's .ufw first, else the newest newer released .ufw.
+
+    A held assignment (pending, its rollout paused) is not offered, and nothing else is offered instead: its
+    release offered as a newer release would deliver it after all, and another release installed meanwhile
+    would be overwritten by the assignment once the rollout resumes. A delivered assignment is offered even
+    if held (only pending ones are held; a transfer under way may finish)."""
     reason: Literal["assignment", "newer_release"] | None = None
     assignment_id: str | None = None
     release: Release | None = None
     active = ota.active_assignment(session, device.id)
+    if active is not None and is_held(active):
+        return _no_update()
     if active is not None:
         candidate = session.get(Release, active.release_id)
         if candidate is not None and candidate.artifact("ufw") is not None:
@@ -163,7 +181,7 @@ def firmware_update(session: Session, device: Device, store: BlobStore, *, base_
         if newer:
             reason, release = "newer_release", max(newer, key=lambda r: version_sort_key(r.version))
     if release is None:
-        return FirmwareUpdate(update_available=False, reason=None, assignment_id=None, release=None)
+        return _no_update()
     ufw = release.artifact("ufw")
     assert ufw is not None
     signed = store.signed_get_url(
@@ -239,6 +257,12 @@ def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str
             raise ValidationFailed("the assignment is for another release", field="assignment_id")
         if assignment.status not in ("pending", "delivered"):
             raise Conflict(f"the assignment is already {assignment.status}", field="assignment_id")
+        if body.state == "started" and is_held(assignment):
+            raise Conflict(
+                "the assignment is held because its rollout is paused: it cannot be started until the rollout"
+                " is resumed",
+                field="assignment_id",
+            )
     record_device_event(
         session,
         device.id,

@@ -14,12 +14,17 @@ from bota_ota.accounts.models import User
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Forbidden
 from bota_ota.portal.auth import can, csrf_token
+from bota_ota.portal.forms import detail_text, duration, filter_summary, pct
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals["models"] = DEVICE_MODELS
 templates.env.filters["crc"] = lambda value: f"{value:08X}"
 templates.env.filters["when"] = lambda dt: dt.strftime("%Y-%m-%d %H:%M") + " UTC" if dt else "never"
 templates.env.filters["bytes"] = lambda n: f"{n:,} B"
+templates.env.filters["pct"] = pct
+templates.env.filters["duration"] = duration
+templates.env.filters["filter_summary"] = filter_summary
+templates.env.filters["detail_text"] = detail_text
 
 PAGE_SIZE = 50
 

@@ -6,19 +6,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, ValidationFailed
 from bota_ota.core.settings import Settings
 from bota_ota.devices import service as device_service
-from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DeviceFilter
+from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DeviceFilter, TagsUpdate
 from bota_ota.firmware import service as firmware
 from bota_ota.ota import fleet
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
+from bota_ota.ota.schemas import DeviceOut
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import PAGE_SIZE, listing, render, require
+from bota_ota.portal.forms import field_errors, split_list
 from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
@@ -35,26 +38,41 @@ def devices_page(
     version: Annotated[str, Query(max_length=64)] = "",
     online: Annotated[str, Query(pattern="^(|yes|no)$")] = "",
     status: Annotated[str, Query(max_length=16)] = "",
+    tag: Annotated[list[str] | None, Query()] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
     model_filter = model if model in DEVICE_MODELS else None
     status_filter = status if status in ASSIGNMENT_STATUSES else None
-    rows, total = fleet.list_devices(
-        session,
-        DeviceFilter(model=model_filter, q=q.strip() or None, firmware_version=version.strip() or None),
-        online={"yes": True, "no": False}.get(online),
-        online_window_s=settings.online_window_s,
-        assignment_status=status_filter,
-        limit=PAGE_SIZE,
-        offset=(page - 1) * PAGE_SIZE,
-    )
-    devices = fleet.devices_out(
-        session, rows, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
-    )
-    filters = {"q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or ""}
+    tags = split_list(*(tag or []))  # "beta, eu" or tag=beta&tag=eu
+    errors: dict[str, str] = {}
+    devices: list[DeviceOut] = []
+    total = 0
+    try:
+        f = DeviceFilter(
+            model=model_filter, q=q.strip() or None, firmware_version=version.strip() or None, tags=tags or None
+        )
+    except ValidationError as exc:  # a bad tag: said beside the field, and nothing listed
+        errors = field_errors(exc, lambda loc: "tag" if loc[0] == "tags" else str(loc[0]))
+    else:
+        rows, total = fleet.list_devices(
+            session,
+            f,
+            online={"yes": True, "no": False}.get(online),
+            online_window_s=settings.online_window_s,
+            assignment_status=status_filter,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+        devices = fleet.devices_out(
+            session, rows, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+        )
+    filters = {
+        "q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or "",
+        "tag": ", ".join(tags),
+    }  # fmt: skip
     return render(
-        request, "devices.html", user=user, devices=devices, statuses=ASSIGNMENT_STATUSES,
-        **listing(total, page, filters),
+        request, "devices.html", status_code=422 if errors else 200, user=user, devices=devices,
+        statuses=ASSIGNMENT_STATUSES, errors=errors, **listing(total, page, filters),
     )  # fmt: skip
 
 
@@ -106,7 +124,7 @@ def _device_context(session: Session, settings: Settings, device_id: str) -> dic
 def _device_page(session: Session, settings: Settings, device_id: str, tab: str) -> dict[str, Any]:
     ctx = _device_context(session, settings, device_id)
     device = ctx["device"]
-    ctx.update(tab=tab, error=None)
+    ctx.update(tab=tab, error=None, tag_errors={}, tags_value=", ".join(device.tags))
     if tab == "ota":
         ctx["releases"] = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
         history, _ = ota_service.list_assignments(session, device_id=device.id, limit=50)
@@ -168,3 +186,31 @@ def cancel(request: Request, assignment_id: str, user: PortalUser, session: Sess
         assignment = ota_service.get_assignment(session, assignment_id)
         flash(request, f"Not cancelled: {exc.detail}.", error=True)
     return RedirectResponse(f"/devices/{assignment.device_id}?tab=ota", status_code=303)
+
+
+@router.post("/devices/{device_id}/tags", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def set_tags(
+    request: Request,
+    device_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    tags: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """The Overview tab's tag form: the tags, comma-separated, replace the device's (empty removes them)."""
+    require(user, "operator")
+    device_service.get_device(session, device_id)  # an unknown device is 404, whatever the form says
+    try:
+        body = TagsUpdate(tags=split_list(tags))
+        device = device_service.set_tags(session, device_id, body.tags, actor=f"user:{user.email}")
+        session.commit()
+    except (ValidationError, ValidationFailed) as exc:
+        if isinstance(exc, ValidationError):
+            errors = field_errors(exc, lambda loc: "tags")
+        else:
+            session.rollback()
+            errors = {"tags": exc.detail}
+        context = {**_device_page(session, settings, device_id, "overview"), "tag_errors": errors, "tags_value": tags}
+        return render(request, "device.html", status_code=422, user=user, **context)
+    flash(request, f"Tags of {device.id}: {', '.join(device.tags) if device.tags else 'none'}.")
+    return RedirectResponse(f"/devices/{device_id}", status_code=303)

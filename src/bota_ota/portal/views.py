@@ -12,11 +12,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from bota_ota.accounts import service as accounts
 from bota_ota.audit import service as audit_log
+from bota_ota.core.errors import NotFound
 from bota_ota.devices import service as device_service
+from bota_ota.firmware import service as firmware
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
 from bota_ota.portal.auth import CsrfChecked, PortalUser, csrf_token
 from bota_ota.portal.common import PAGE_SIZE, listing, render
+from bota_ota.portal.rollout_views import open_rollouts
+from bota_ota.rollouts import service as rollouts
 from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
@@ -83,6 +87,7 @@ def dashboard(request: Request, user: PortalUser, session: SessionDep, settings:
         by_status=by_status,
         status_rows=[(status, by_status[status], f"status-{status}") for status in ASSIGNMENT_STATUSES],
         failures=failures,
+        open_rollouts=open_rollouts(session),
     )
 
 
@@ -92,12 +97,26 @@ def assignments_page(
     user: PortalUser,
     session: SessionDep,
     status: Annotated[str, Query(max_length=16)] = "",
+    release_id: Annotated[str, Query(max_length=64)] = "",
+    rollout_id: Annotated[str, Query(max_length=64)] = "",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
     status_filter = status if status in ASSIGNMENT_STATUSES else None
     rows, total = ota_service.list_assignments(
-        session, status=status_filter, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        session,
+        status=status_filter,
+        release_id=release_id or None,
+        rollout_id=rollout_id or None,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
     )
+    rollout = None
+    if rollout_id:  # an unknown id lists nothing, as the API does; the page says it is unknown
+        try:
+            rollout = rollouts.get_rollout(session, rollout_id)
+        except NotFound:
+            rollout = None
+    filters = {"status": status_filter or "", "release_id": release_id, "rollout_id": rollout_id}
     return render(
         request,
         "assignments.html",
@@ -105,7 +124,9 @@ def assignments_page(
         assignments=rows,
         statuses=ASSIGNMENT_STATUSES,
         by_status=ota_service.count_by_status(session),
-        **listing(total, page, {"status": status_filter or ""}),
+        releases=firmware.list_releases(session),
+        rollout=rollout,
+        **listing(total, page, filters),
     )
 
 

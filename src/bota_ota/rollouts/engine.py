@@ -112,6 +112,8 @@ def _bucket(session: Session, rollout: Rollout) -> Any:
 
 def _stage_case(stages: list[float], bucket: Any) -> Any:
     limits = thresholds(stages)
+    if len(limits) == 1:  # one stage of 100 %: every device is in it (a CASE needs at least one WHEN)
+        return literal(len(limits) - 1)
     return case(*((bucket < limit, k) for k, limit in enumerate(limits[:-1])), else_=len(limits) - 1)
 
 
@@ -396,11 +398,32 @@ def finish(session: Session, rollout: Rollout, status: str, now: datetime, *, ac
     record(session, rollout, status, actor=actor, **detail)
 
 
+def _failed_since_resume(session: Session, rollout: Rollout) -> dict[int, int] | None:
+    """Failures per stage that finished after the rollout was last resumed; None if it never was."""
+    since = session.scalar(
+        select(func.max(RolloutEvent.at)).where(RolloutEvent.rollout_id == rollout.id, RolloutEvent.kind == "resumed")
+    )
+    if since is None:
+        return None
+    rows = session.execute(
+        select(RolloutDevice.stage, func.count())
+        .select_from(RolloutDevice)
+        .join(Assignment, Assignment.id == RolloutDevice.assignment_id)
+        .where(RolloutDevice.rollout_id == rollout.id, Assignment.status == "failed", Assignment.finished_at > since)
+        .group_by(RolloutDevice.stage)
+    ).all()
+    return {int(stage): int(count) for stage, count in rows}
+
+
 def _gate(rollout: Rollout, states: dict[int, StageState], session: Session) -> str | None:
-    """The failure gate over every started stage: the reason to pause, or None."""
+    """The failure gate over every started stage: the reason to pause, or None.
+
+    Resuming acknowledges the failures so far: after a resume only failures that come later count, or a
+    rollout resumed by an operator would pause again at once on the failures that paused it."""
+    since_resume = _failed_since_resume(session, rollout)
     for k in range(rollout.current_stage + 1):
         s = states[k]
-        failed = s.statuses["failed"]
+        failed = s.statuses["failed"] if since_resume is None else since_resume.get(k, 0)
         if failed < rollout.failure_min_devices or s.needing <= 0:
             continue
         share = 100 * failed / s.needing

@@ -4,7 +4,7 @@ import itertools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from bota_ota.core.schemas import InputModel
 from bota_ota.devices.schemas import DeviceFilter
@@ -36,18 +36,26 @@ Stages = Annotated[
 ]
 
 
-class GroupTarget(InputModel):
-    group_id: str = Field(min_length=1, max_length=64)
+class RolloutTarget(InputModel):
+    """A group or a filter, exactly one of them.
 
+    One model with two optional fields rather than a union of two models: a bad value then gets the name a
+    user wrote (``target.filter.colour``), not one per union member."""
 
-class FilterTarget(InputModel):
-    filter: DeviceFilter
+    group_id: str | None = Field(None, min_length=1, max_length=64, description="A saved group")
+    filter: DeviceFilter | None = Field(None, description="A device filter")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RolloutTarget:
+        if (self.group_id is None) == (self.filter is None):
+            raise ValueError('give exactly one of "group_id" and "filter"')
+        return self
 
 
 class RolloutCreate(InputModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     release_id: str = Field(min_length=1, max_length=64)
-    target: GroupTarget | FilterTarget = Field(
+    target: RolloutTarget = Field(
         description='{"group_id": ...} or {"filter": {...}}; always narrowed to the release\'s model'
     )
     stages: Stages = Field(default_factory=lambda: [1.0, 10.0, 100.0])
@@ -152,7 +160,7 @@ class RetryResult(BaseModel):
 
 class PreviewRequest(InputModel):
     release_id: str = Field(min_length=1, max_length=64)
-    target: GroupTarget | FilterTarget
+    target: RolloutTarget
     stages: Stages = Field(default_factory=lambda: [1.0, 10.0, 100.0])
 
 

@@ -22,8 +22,6 @@ from bota_ota.ota.models import ACTIVE_STATUSES, Assignment, AssignmentEvent
 from bota_ota.rollouts import engine
 from bota_ota.rollouts.models import OPEN_STATUSES, Rollout, RolloutDevice, RolloutEvent, RolloutStage
 from bota_ota.rollouts.schemas import (
-    FilterTarget,
-    GroupTarget,
     Preview,
     PreviewRequest,
     ReleaseRef,
@@ -31,6 +29,7 @@ from bota_ota.rollouts.schemas import (
     RolloutDetail,
     RolloutEventOut,
     RolloutOut,
+    RolloutTarget,
     Skipped,
     StageCounts,
     StageOut,
@@ -51,13 +50,14 @@ def _release_for_rollout(session: Session, release_id: str) -> Release:
     return release
 
 
-def _target(session: Session, target: GroupTarget | FilterTarget) -> tuple[dict[str, object], DeviceFilter]:
+def _target(session: Session, target: RolloutTarget) -> tuple[dict[str, object], DeviceFilter]:
     """The target as stored, and its filter now."""
-    if isinstance(target, GroupTarget):
+    if target.group_id is not None:
         group = session.get(DeviceGroup, target.group_id)
         if group is None:
             raise NotFound(f"group {target.group_id} not found", field="target.group_id")
         return {"group_id": group.id, "group_name": group.name}, parse_filter(group.filter)
+    assert target.filter is not None  # RolloutTarget holds exactly one of the two
     return {"filter": target.filter.as_json()}, target.filter
 
 
@@ -318,6 +318,7 @@ def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
 
 
 def rollout_detail(session: Session, rollout: Rollout, *, events: int = 200) -> RolloutDetail:
+    session.flush()  # the session does not autoflush: events recorded by this request are pending until now
     rows = session.scalars(
         select(RolloutEvent)
         .where(RolloutEvent.rollout_id == rollout.id)

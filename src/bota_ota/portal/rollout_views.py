@@ -1,0 +1,339 @@
+"""Portal: rollouts — the list, the Deploy form with its live preview, the rollout page (stages polled live,
+failures by error, the event history) and the operator's actions (pause, resume, advance, retry, cancel)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from bota_ota.core.device_models import DEVICE_MODELS
+from bota_ota.core.errors import Conflict, DomainError, NotFound
+from bota_ota.devices import groups as group_service
+from bota_ota.firmware import service as firmware
+from bota_ota.firmware.models import Release
+from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
+from bota_ota.portal.common import PAGE_SIZE, listing, render, require
+from bota_ota.portal.forms import field_errors, filter_from_form, split_list
+from bota_ota.rollouts import service as rollouts
+from bota_ota.rollouts.models import OPEN_STATUSES
+from bota_ota.rollouts.schemas import (
+    DEFAULT_STAGE_WINDOW_S,
+    PreviewRequest,
+    RolloutCreate,
+    RolloutOut,
+    RolloutTarget,
+)
+from bota_ota.web.deps import SessionDep, SettingsDep
+
+router = APIRouter(include_in_schema=False)
+
+ROLLOUT_STATUSES = ("scheduled", "running", "paused", "completed", "cancelled")
+# The rollout filter's keys the form offers besides the model, which is always the release's.
+TARGET_FILTER_FIELDS = ("tags", "firmware_below", "seen_within_s", "network")
+DEFAULTS = {
+    "target_kind": "filter",
+    "stages": "1, 10, 100",
+    "success_threshold_pct": "95",
+    "failure_threshold_pct": "5",
+    "failure_min_devices": "3",
+    "stage_window_h": str(DEFAULT_STAGE_WINDOW_S // 3600),
+    "advance": "auto",
+    "include_new_devices": "on",
+}
+MAX_WINDOW_H = 90 * 24
+WINDOW_MESSAGE = f"the stage window is from 1 minute (0.02 hours) to 90 days ({MAX_WINDOW_H} hours)"
+
+# What each action is called, which statuses allow it (as the service checks), and what the flash says.
+ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pause": ("Pause", ("scheduled", "running")),
+    "resume": ("Resume", ("paused",)),
+    "advance": ("Advance", ("running",)),
+    "retry-failed": ("Retry failed", ("running", "paused")),
+    "cancel": ("Cancel", OPEN_STATUSES),
+}
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form's text fields (CsrfChecked has read the body already; Starlette keeps it)."""
+    form = await request.form()
+    return {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+
+
+FormData = Annotated[dict[str, str], Depends(_form)]
+
+
+# ---- the form -----------------------------------------------------------------------------------------------
+
+
+def _target(form: Mapping[str, str], release: Release) -> tuple[RolloutTarget | None, dict[str, str]]:
+    if form.get("target_kind") == "group":
+        if not form.get("group_id"):
+            return None, {"group_id": "Choose a group."}
+        try:
+            return RolloutTarget(group_id=form["group_id"]), {}
+        except ValidationError as exc:
+            return None, field_errors(exc, lambda loc: "group_id")
+    try:
+        f = {"model": release.model, **filter_from_form(form, TARGET_FILTER_FIELDS)}
+        return RolloutTarget.model_validate({"filter": f}), {}
+    except ValidationError as exc:
+        return None, field_errors(exc, lambda loc: str(loc[1]) if len(loc) > 1 else "target")
+
+
+def _stages(form: Mapping[str, str]) -> list[str]:
+    return [s.rstrip("%") for s in split_list(form.get("stages", ""))]
+
+
+def _rollout_body(form: Mapping[str, str], release: Release) -> tuple[RolloutCreate | None, dict[str, str]]:
+    """The form as the service's command, or the messages per form field."""
+    target, errors = _target(form, release)
+    raw: dict[str, Any] = {
+        "name": form.get("name", ""),
+        "release_id": release.id,
+        "target": target or RolloutTarget(group_id="-"),  # a stand-in, so the other fields are checked too
+        "stages": _stages(form),
+        "advance": form.get("advance") or "auto",
+        "include_new_devices": form.get("include_new_devices") == "on",
+    }
+    if not raw["stages"]:
+        errors["stages"] = "Give the stages as cumulative percentages, e.g. 1, 10, 100."
+    for key in ("success_threshold_pct", "failure_threshold_pct", "failure_min_devices"):
+        value = form.get(key, "").strip().rstrip("%")
+        if value:
+            raw[key] = value
+    window = form.get("stage_window_h", "").strip()
+    if window:
+        try:
+            hours = float(window)
+            if not 0 < hours <= MAX_WINDOW_H:
+                raise ValueError
+            raw["stage_window_s"] = round(hours * 3600)
+        except (ValueError, OverflowError):
+            errors["stage_window_h"] = WINDOW_MESSAGE
+    try:
+        body = RolloutCreate.model_validate(raw)
+    except ValidationError as exc:
+
+        def name_for(loc: tuple[Any, ...]) -> str:
+            return "stage_window_h" if loc[0] == "stage_window_s" else str(loc[0])
+
+        for field, message in field_errors(exc, name_for).items():
+            errors.setdefault(field, WINDOW_MESSAGE if field == "stage_window_h" else message)
+        return None, errors
+    return (body, {}) if not errors else (None, errors)
+
+
+def _preview(session: Session, form: Mapping[str, str], release: Release) -> dict[str, Any]:
+    """The preview fragment's context: the counts, or why there are none."""
+    if release.artifact("bin") is None:
+        return {"preview": None, "problem": "This release has no .bin file, so it cannot be rolled out."}
+    target, errors = _target(form, release)
+    if target is None:
+        return {"preview": None, "problem": "; ".join(errors.values())}
+    stages = _stages(form) or ["100"]
+    try:
+        request = PreviewRequest.model_validate({"release_id": release.id, "target": target, "stages": stages})
+        stage_problem = None
+    except ValidationError as exc:  # bad stages: still count the devices, against a single stage
+        request = PreviewRequest(release_id=release.id, target=target, stages=[100.0])
+        stage_problem = "; ".join(field_errors(exc, lambda loc: "stages").values())
+    try:
+        preview = rollouts.preview(session, request)
+    except DomainError as exc:  # a group deleted meanwhile
+        return {"preview": None, "problem": exc.detail}
+    return {"preview": preview, "problem": None, "stage_problem": stage_problem}
+
+
+def _form_context(session: Session, release: Release, form: Mapping[str, str]) -> dict[str, Any]:
+    groups, _ = group_service.list_groups(session, limit=1000)
+    return {"release": release, "form": form, "groups": groups, "deployable": release.artifact("bin") is not None}
+
+
+@router.get("/rollouts/new", response_class=HTMLResponse)
+def new_rollout_page(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    release_id: Annotated[str, Query(max_length=64)] = "",
+) -> HTMLResponse:
+    require(user, "operator")
+    if not release_id:  # no release chosen yet: choose one first
+        releases = [r for r in firmware.list_releases(session) if r.artifact("bin")]
+        return render(request, "rollout_choose.html", user=user, releases=releases)
+    release = firmware.get_release(session, release_id)
+    form = {**DEFAULTS, "name": f"{DEVICE_MODELS[release.model]} {release.version}"}
+    ctx = _form_context(session, release, form)
+    errors = {} if ctx["deployable"] else {"release_id": "This release has no .bin file, so it cannot be rolled out."}
+    return render(
+        request, "rollout_new.html", status_code=200 if ctx["deployable"] else 422, user=user, errors=errors,
+        **ctx, **_preview(session, form, release),
+    )  # fmt: skip
+
+
+@router.post("/rollouts/new", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def create_rollout(
+    request: Request, user: PortalUser, session: SessionDep, settings: SettingsDep, form: FormData
+) -> Response:
+    require(user, "operator")
+    release = firmware.get_release(session, form.get("release_id", "")[:64] or "-")
+    body, errors = _rollout_body(form, release)
+    status = 422
+    if body is not None:
+        try:
+            rollout = rollouts.create_rollout(session, body, settings, actor=f"user:{user.email}")
+            session.commit()
+        except DomainError as exc:
+            session.rollback()
+            field = {"target.group_id": "group_id"}.get(exc.field or "", exc.field or "form")
+            errors, status = {field: exc.detail}, exc.status
+        else:
+            flash(request, f"Rollout “{rollout.name}” created: {DEVICE_MODELS[rollout.model]} {rollout.version}.")
+            return RedirectResponse(f"/rollouts/{rollout.id}", status_code=303)
+    ctx = _form_context(session, release, form)
+    return render(
+        request, "rollout_new.html", status_code=status, user=user, errors=errors, **ctx,
+        **_preview(session, form, release),
+    )  # fmt: skip
+
+
+@router.get("/rollouts/preview", response_class=HTMLResponse)
+def preview_fragment(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    release_id: Annotated[str, Query(max_length=64)] = "",
+    target_kind: Annotated[str, Query(max_length=16)] = "filter",
+    group_id: Annotated[str, Query(max_length=64)] = "",
+    tags: Annotated[str, Query(max_length=1000)] = "",
+    firmware_below: Annotated[str, Query(max_length=100)] = "",
+    seen_within_s: Annotated[str, Query(max_length=20)] = "",
+    network: Annotated[str, Query(max_length=20)] = "",
+    stages: Annotated[str, Query(max_length=200)] = "",
+) -> HTMLResponse:
+    """The live count beside the form: HTMX asks for it as the fields change (a read: any role may)."""
+    release = firmware.get_release(session, release_id or "-")
+    form = {
+        "target_kind": target_kind, "group_id": group_id, "tags": tags, "firmware_below": firmware_below,
+        "seen_within_s": seen_within_s, "network": network, "stages": stages,
+    }  # fmt: skip
+    return render(request, "_rollout_preview.html", user=user, release=release, **_preview(session, form, release))
+
+
+# ---- the list -----------------------------------------------------------------------------------------------
+
+
+@router.get("/rollouts", response_class=HTMLResponse)
+def rollouts_page(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    status: Annotated[str, Query(max_length=16)] = "",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    status_filter = status if status in ROLLOUT_STATUSES else ""
+    rows, total = rollouts.list_rollouts(
+        session, status=status_filter or None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
+    return render(
+        request, "rollouts.html", user=user, rollouts=[rollouts.rollout_out(session, r) for r in rows],
+        statuses=ROLLOUT_STATUSES, **listing(total, page, {"status": status_filter}),
+    )  # fmt: skip
+
+
+def open_rollouts(session: Session) -> list[RolloutOut]:
+    """Running and paused rollouts, newest first: the dashboard's card."""
+    out = []
+    for status in ("running", "paused"):
+        rows, _ = rollouts.list_rollouts(session, status=status, limit=20)
+        out += [rollouts.rollout_out(session, r) for r in rows]
+    return sorted(out, key=lambda r: r.created_at, reverse=True)
+
+
+# ---- the rollout page ------------------------------------------------------------------------------------------
+
+
+def _seen(r: RolloutOut) -> str:
+    """What the page last showed of the status line and the buttons: when it changes, the poll swaps them."""
+    return f"{r.status}:{r.current_stage}"
+
+
+def _page_context(session: Session, rollout_id: str, *, events: bool) -> dict[str, Any]:
+    rollout = rollouts.get_rollout(session, rollout_id)
+    detail = rollouts.rollout_detail(session, rollout) if events else rollouts.rollout_out(session, rollout)
+    group = detail.target.get("group_id")
+    return {
+        "r": detail,
+        "seen": _seen(detail),
+        "live": detail.status in OPEN_STATUSES,
+        "actions": {slug: label for slug, (label, allowed) in ACTIONS.items() if detail.status in allowed},
+        "group_exists": bool(group) and _group_exists(session, str(group)),
+    }
+
+
+def _group_exists(session: Session, group_id: str) -> bool:
+    try:
+        group_service.get_group(session, group_id)
+    except NotFound:
+        return False
+    return True
+
+
+@router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
+def rollout_page(request: Request, rollout_id: str, user: PortalUser, session: SessionDep) -> HTMLResponse:
+    return render(request, "rollout.html", user=user, **_page_context(session, rollout_id, events=True))
+
+
+@router.get("/rollouts/{rollout_id}/progress", response_class=HTMLResponse)
+def rollout_progress(
+    request: Request,
+    rollout_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    seen: Annotated[str, Query(max_length=40)] = "",
+) -> HTMLResponse:
+    """The stages and totals, polled every 2 s. The status line and the buttons come along (out of band) only
+    when the status or stage changed since the page showed them, so keyboard focus stays where it is."""
+    ctx = _page_context(session, rollout_id, events=False)
+    return render(request, "_rollout_progress.html", user=user, changed=seen != ctx["seen"], oob=True, **ctx)
+
+
+@router.post("/rollouts/{rollout_id}/{action}", dependencies=[CsrfChecked])
+def rollout_action(
+    request: Request, rollout_id: str, action: str, user: PortalUser, session: SessionDep, settings: SettingsDep
+) -> Response:
+    require(user, "operator")
+    if action not in ACTIONS:
+        raise NotFound(f"no such action: {action}")
+    actor = f"user:{user.email}"
+    try:
+        if action == "pause":
+            rollout = rollouts.pause(session, rollout_id, actor=actor)
+            message = f"Paused “{rollout.name}”: its pending updates are held."
+        elif action == "resume":
+            rollout = rollouts.resume(session, rollout_id, settings, actor=actor)
+            message = f"Resumed “{rollout.name}”."
+        elif action == "advance":
+            rollout = rollouts.advance(session, rollout_id, settings, actor=actor)
+            message = (
+                f"Completed “{rollout.name}”."
+                if rollout.status == "completed"
+                else f"Started stage {rollout.current_stage + 1} of “{rollout.name}”."
+            )
+        elif action == "retry-failed":
+            n = rollouts.retry_failed(session, rollout_id, actor=actor)
+            message = f"Retrying {n} failed device{'' if n == 1 else 's'}."
+        else:
+            rollout = rollouts.cancel(session, rollout_id, actor=actor)
+            message = f"Cancelled “{rollout.name}” and its pending updates."
+        session.commit()
+    except Conflict as exc:  # the page was stale: the status changed meanwhile
+        session.rollback()
+        flash(request, f"Not done: {exc.detail}.", error=True)
+    else:
+        flash(request, message)
+    return RedirectResponse(f"/rollouts/{rollout_id}", status_code=303)
