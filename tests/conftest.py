@@ -97,6 +97,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         database_url=database_url,
         secret_key="test-secret-key",
         max_upload_bytes=1024 * 1024,
+        # The rollout engine's loop would change rollouts at moments a test does not choose; tests run
+        # the engine themselves (app.state.rollouts.run_once()), and the end-to-end tests run the loop.
+        rollout_interval_s=600,
         _env_file=None,  # type: ignore[call-arg]
     )
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import httpx
 from bota_ota.sim.device import Timing
 from bota_ota.sim.faults import Faults
 from bota_ota.sim.fleet import Fleet, FleetConfig, provision
-from tests.support.server import ServerProcess
+from tests.support.database import PG_URL
+from tests.support.server import ServerProcess, cli, server_env
 
 
 @dataclass
@@ -77,6 +79,49 @@ class SimServer:
         )
 
 
+@contextlib.contextmanager
+def sim_server_running(tmp_path: Path, database_url: str, **env: str) -> Iterator[SimServer]:
+    """A ``bota-ota serve`` process with a 1 s heartbeat interval and 2 s URLs (so expiry happens in a
+    test), an operator token for the API, stopped afterwards. ``env`` adds or overrides settings."""
+    settings = {
+        "BOTA_OTA_HEARTBEAT_INTERVAL_S": "1",
+        "BOTA_OTA_SIGNED_URL_TTL_S": "2",
+        "BOTA_OTA_SECRET_KEY": "sim-secret",
+    }
+    server_env_ = server_env(database_url if PG_URL else None, **{**settings, **env})
+    proc = ServerProcess(data_dir=tmp_path / "srv", env=server_env_)
+    proc.start()
+    try:
+        created = cli(
+            server_env_, "token", "create", "--name", "sim", "--role", "operator", "--data-dir", str(proc.data_dir)
+        )
+        token = created.stdout.strip().splitlines()[-1]
+        with httpx.Client(base_url=proc.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+            yield SimServer(proc=proc, api=api, token=token, tmp=tmp_path)
+    finally:
+        proc.stop()
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float,
+    what: str | Callable[[], str] = "the condition",
+) -> None:
+    """Wait for an event: ``condition()`` is checked every 0.25 s (a plain function runs in a thread, so
+    an event loop running devices keeps going); the timeout only bounds a test that would hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = condition() if asyncio.iscoroutinefunction(condition) else await asyncio.to_thread(condition)
+        if asyncio.iscoroutine(done):
+            done = await done
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout}s: {what() if callable(what) else what}")
+        await asyncio.sleep(0.25)
+
+
 async def run_fleet(
     fleet: Fleet,
     until: Callable[[], Awaitable[bool]] | Callable[[], bool],
@@ -85,21 +130,12 @@ async def run_fleet(
 ) -> None:
     """Run the fleet until ``until()`` is true (checked every 0.25 s); fail the test on timeout."""
     runner = asyncio.create_task(fleet.run())
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            # A plain function (blocking HTTP calls) runs in a thread, so the devices' loop keeps going.
-            done = until() if asyncio.iscoroutinefunction(until) else await asyncio.to_thread(until)
-            if asyncio.iscoroutine(done):
-                done = await done
-            if done:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"fleet did not get there in {timeout}s; states {fleet.states()}, "
-                    f"versions {fleet.versions()}, stats {fleet.stats()}"
-                )
-            await asyncio.sleep(0.25)
+        await wait_until(
+            until,
+            timeout=timeout,
+            what=lambda: f"fleet states {fleet.states()}, versions {fleet.versions()}, stats {fleet.stats()}",
+        )
     finally:
         fleet.stop()
         await runner

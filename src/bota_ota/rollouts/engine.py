@@ -42,6 +42,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     true,
     update,
@@ -172,8 +173,12 @@ def add_members(session: Session, rollout: Rollout, f: DeviceFilter, up_to_stage
         )
         .where(bucket < thresholds(rollout.stages)[up_to_stage], ~member)
     )
+    # preserve_rowcount: without it SQLAlchemy reports no row count (-1) for an INSERT ... SELECT on
+    # PostgreSQL (psycopg), while SQLite's driver gives it anyway.
     result = session.execute(
-        insert(RolloutDevice).from_select(["rollout_id", "device_id", "stage", "state", "added_at"], devices)
+        insert(RolloutDevice)
+        .from_select(["rollout_id", "device_id", "stage", "state", "added_at"], devices)
+        .execution_options(preserve_rowcount=True)
     )
     return rowcount(result)
 
@@ -183,6 +188,14 @@ def _new_id_sql(session: Session) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return func.replace(cast(func.gen_random_uuid(), Text), "-", "")
     return func.lower(func.hex(func.randomblob(16)))
+
+
+def _active(status: Any) -> Any:
+    """``status IN ('pending', 'delivered')`` with the values written into the SQL: the very condition of the
+    one-active-assignment index (a partial unique index on ``device_id``), so that SQLite, too, can look a
+    device's active assignment up through it (with the values as bound parameters it cannot tell that the
+    index covers the rows)."""
+    return status.in_([literal_column(f"'{s}'") for s in ACTIVE_STATUSES])
 
 
 def assign_waiting(session: Session, rollout: Rollout, now: datetime) -> int:
@@ -207,9 +220,7 @@ def assign_waiting(session: Session, rollout: Rollout, now: datetime) -> int:
             .values(state="up_to_date")
             .execution_options(synchronize_session=False)
         )
-    active_elsewhere = exists().where(
-        Assignment.device_id == RolloutDevice.device_id, Assignment.status.in_(ACTIVE_STATUSES)
-    )
+    active_elsewhere = exists().where(Assignment.device_id == RolloutDevice.device_id, _active(Assignment.status))
     candidates = select(
         _new_id_sql(session),
         RolloutDevice.device_id,
@@ -236,13 +247,13 @@ def assign_waiting(session: Session, rollout: Rollout, now: datetime) -> int:
             .execution_options(synchronize_session=False)
         )
         return 0
+    # The device's active assignment (at most one), if this rollout made it: looked up by device alone, so
+    # through a device index. With the rollout in the WHERE clause, SQLite and PostgreSQL (whose statistics
+    # from before the stage say the rollout has no assignments) look every member up through the rollout's
+    # index instead: a scan of all the rollout's new assignments per member, quadratic in the stage's size.
     new_assignment = (
-        select(Assignment.id)
-        .where(
-            Assignment.rollout_id == rollout.id,
-            Assignment.device_id == RolloutDevice.device_id,
-            Assignment.status.in_(ACTIVE_STATUSES),
-        )
+        select(case((Assignment.rollout_id == rollout.id, Assignment.id)))
+        .where(Assignment.device_id == RolloutDevice.device_id, _active(Assignment.status))
         .scalar_subquery()
     )
     session.execute(
@@ -322,15 +333,17 @@ def stage_states(session: Session, rollout: Rollout) -> dict[int, StageState]:
 
 
 def failures_by_error(session: Session, rollout: Rollout, stage: int | None = None) -> dict[str, int]:
+    """Every failed assignment the rollout made (a retried device's first failure too), by error."""
     query = (
         select(Assignment.error, func.count())
-        .select_from(RolloutDevice)
-        .join(Assignment, Assignment.id == RolloutDevice.assignment_id)
-        .where(RolloutDevice.rollout_id == rollout.id, Assignment.status == "failed")
+        .where(Assignment.rollout_id == rollout.id, Assignment.status == "failed")
         .group_by(Assignment.error)
     )
     if stage is not None:
-        query = query.where(RolloutDevice.stage == stage)
+        query = query.join(
+            RolloutDevice,
+            (RolloutDevice.rollout_id == Assignment.rollout_id) & (RolloutDevice.device_id == Assignment.device_id),
+        ).where(RolloutDevice.stage == stage)
     errors: Counter[str] = Counter()
     for error, count in session.execute(query).all():
         errors[str(error or "unknown")[:200]] += int(count)
