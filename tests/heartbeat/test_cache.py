@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import insert, text
@@ -38,12 +37,12 @@ from bota_ota.heartbeat.invalidation import (
     CHANNEL,
     PgChangeListener,
     SqliteEpochWatcher,
-    listen_conninfo,
 )
 from bota_ota.heartbeat.read import NOT_READ
 from bota_ota.ota.models import Assignment
 from tests.support.database import PG_URL
 from tests.support.factories import ApiClient, assert_problem, heartbeat, make_token
+from tests.support.heartbeat_cache import listening_cache, outside_sql, settle, until
 from tests.support.statements import Statements
 
 URL = "/api/device/v1/heartbeat"
@@ -59,70 +58,10 @@ def settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"telemetry_flush_interval_s": 600.0, "sweep_interval_s": 3600.0})
 
 
-def _until(check: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def _cache(app: Any) -> DeviceCache:
-    cache: DeviceCache = app.state.heartbeat.cache
-    _until(cache.usable, "invalidation to listen")
-    return cache
-
-
-@contextlib.contextmanager
-def _outside_sql(app: Any) -> Iterator[Any]:
-    """A connection of the test's own, as psql or the sqlite3 shell would be: not the app's engine, no hooks."""
-    engine = app.state.ctx.engine
-    if engine.dialect.name == "postgresql":
-        with psycopg.connect(listen_conninfo(engine), application_name="test: outside sql") as conn:
-            yield conn
-    else:
-        conn = sqlite3.connect(app.state.ctx.engine.url.database, timeout=30)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-
-def _settle(app: Any) -> None:
-    """Let invalidation catch up with everything committed so far, this instance's own commits included.
-
-    PostgreSQL also notifies this instance of its own commits, a moment after it dropped the device itself:
-    a heartbeat that re-read the device in between would be dropped again. Notifications arrive in commit
-    order, so once a marker sent now is heard, all earlier ones have been. SQLite: one check, now."""
-    listener = app.state.heartbeat.listener
-    cache = _cache(app)
-    if isinstance(listener, SqliteEpochWatcher):
-        listener.check()
-        return
-    assert isinstance(listener, PgChangeListener)
-    marker = f"marker-{uuid.uuid4().hex}"
-    heard = threading.Event()
-    drop = cache.drop
-
-    def spy(device_ids: set[str] | frozenset[str]) -> None:
-        drop(device_ids)
-        if marker in device_ids:
-            heard.set()
-
-    cache.drop = spy  # type: ignore[method-assign]
-    try:
-        with _outside_sql(app) as conn:
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, marker))
-            conn.commit()
-        assert heard.wait(10), "the marker notification was not heard"
-    finally:
-        del cache.drop
-
-
 def _known_device(admin: ApiClient, app: Any) -> dict[str, Any]:
     dev = admin.device()
     assert heartbeat(admin.client, dev["token"], firmware_version="v1.0.0").status_code == 200  # written at once
-    _settle(app)
+    settle(app)
     return dev
 
 
@@ -141,7 +80,7 @@ def _delivered(admin: ApiClient, app: Any, dev: dict[str, Any]) -> dict[str, Any
     """An assignment delivered to ``dev`` and the device cached with it (its heartbeats get fresh URLs)."""
     assignment = dict(admin.assign(dev["id"], _release_id(admin)).json())
     assert heartbeat(admin.client, dev["token"]).json()["ota"]["assignment_id"] == assignment["id"]  # a write
-    _settle(app)
+    settle(app)
     assert heartbeat(admin.client, dev["token"]).json()["ota"]["assignment_id"] == assignment["id"]  # cached
     assert app.state.heartbeat.cache.holds(dev["id"])
     return assignment
@@ -151,7 +90,7 @@ def _delivered(admin: ApiClient, app: Any, dev: dict[str, Any]) -> dict[str, Any
 
 
 def test_a_cached_routine_heartbeat_runs_no_sql(admin: ApiClient, app: Any) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _known_device(admin, app)
     statements = Statements(app.state.ctx.engine)
     r = heartbeat(admin.client, dev["token"], firmware_version="v1.0.0", battery=70)  # miss: one read, cached
@@ -168,7 +107,7 @@ def test_a_cached_routine_heartbeat_runs_no_sql(admin: ApiClient, app: Any) -> N
 
 
 def test_an_assignment_made_here_is_delivered_at_the_next_heartbeat(admin: ApiClient, app: Any) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _cached_device(admin, app)
     assignment = admin.assign(dev["id"], _release_id(admin)).json()
     assert not cache.holds(dev["id"]), "this instance's own commit drops the device at once"
@@ -177,7 +116,7 @@ def test_an_assignment_made_here_is_delivered_at_the_next_heartbeat(admin: ApiCl
 
 
 def test_a_material_change_is_not_answered_from_the_cache(admin: ApiClient, app: Any) -> None:
-    _cache(app)
+    listening_cache(app)
     dev = _cached_device(admin, app)
     heartbeat(admin.client, dev["token"], firmware_version="v1.0.5", recording=True)
     got = admin.get(f"/api/v1/devices/{dev['id']}").json()
@@ -185,12 +124,12 @@ def test_a_material_change_is_not_answered_from_the_cache(admin: ApiClient, app:
 
 
 def test_a_cached_delivered_assignment_gets_fresh_urls_without_sql(admin: ApiClient, app: Any) -> None:
-    _cache(app)
+    listening_cache(app)
     dev = _known_device(admin, app)
     assignment = admin.assign(dev["id"], _release_id(admin)).json()
     first = heartbeat(admin.client, dev["token"]).json()["ota"]  # delivered: a write
     assert first["assignment_id"] == assignment["id"]
-    _settle(app)
+    settle(app)
     heartbeat(admin.client, dev["token"])  # a miss after the write: read and cached
     statements = Statements(app.state.ctx.engine)
     again = heartbeat(admin.client, dev["token"]).json()["ota"]
@@ -201,7 +140,7 @@ def test_a_cached_delivered_assignment_gets_fresh_urls_without_sql(admin: ApiCli
 
 
 def test_a_rotated_token_stops_working_at_once(admin: ApiClient, app: Any) -> None:
-    _cache(app)
+    listening_cache(app)
     dev = _cached_device(admin, app)
     new_token = admin.post(f"/api/v1/devices/{dev['id']}/token").json()["token"]
     assert_problem(heartbeat(admin.client, dev["token"]), 401)
@@ -211,11 +150,11 @@ def test_a_rotated_token_stops_working_at_once(admin: ApiClient, app: Any) -> No
 def test_this_instances_own_writes_keep_the_rest_of_the_cache(admin: ApiClient, app: Any) -> None:
     """Own commits drop their own devices, and are not mistaken for anyone else's (on SQLite, where the
     counter does not say which device, that would empty the whole cache)."""
-    cache = _cache(app)
+    cache = listening_cache(app)
     bystander, changed = _cached_device(admin, app), _cached_device(admin, app)
     admin.assign(changed["id"], _release_id(admin))
     admin.post(f"/api/v1/devices/{changed['id']}/token")
-    _settle(app)
+    settle(app)
     assert not cache.holds(changed["id"])
     assert cache.holds(bystander["id"])
     statements = Statements(app.state.ctx.engine)
@@ -225,7 +164,7 @@ def test_this_instances_own_writes_keep_the_rest_of_the_cache(admin: ApiClient, 
 
 def test_bulk_statements_name_their_devices(admin: ApiClient, app: Any) -> None:
     """A Core statement no flush sees names its devices; this instance drops them at its COMMIT."""
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _cached_device(admin, app)
     release_id = _release_id(admin)
     with session_scope(app.state.ctx.sessions) as session:
@@ -237,7 +176,7 @@ def test_bulk_statements_name_their_devices(admin: ApiClient, app: Any) -> None:
 
 
 def test_the_cache_is_not_used_while_invalidation_is_not_listening(admin: ApiClient, app: Any) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _cached_device(admin, app)
     cache.distrust()  # what a lost LISTEN connection or an unreadable counter does
     assert not cache.usable() and len(cache) == 0
@@ -262,15 +201,15 @@ def test_no_cache_when_its_size_is_zero(settings: Settings) -> None:
 
 
 def test_a_change_made_with_plain_sql_outside_the_application_reaches_the_cache(admin: ApiClient, app: Any) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     bystander = _cached_device(admin, app)
     dev = _known_device(admin, app)
     assignment = _delivered(admin, app, dev)
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         conn.execute(f"UPDATE assignments SET status = 'cancelled' WHERE id = '{assignment['id']}'")
         conn.commit()
         committed = time.monotonic()
-    _until(lambda: not cache.holds(dev["id"]), "the outside change to reach the cache", timeout_s=10)
+    until(lambda: not cache.holds(dev["id"]), "the outside change to reach the cache", timeout_s=10)
     took = time.monotonic() - committed
     postgresql = app.state.ctx.engine.dialect.name == "postgresql"
     # PostgreSQL: NOTIFY is event-driven (about a millisecond), so the promise itself. SQLite: by design at
@@ -294,23 +233,23 @@ def test_a_change_made_by_another_instance_reaches_this_cache(
     admin: ApiClient, app: Any, second_instance: tuple[Any, TestClient]
 ) -> None:
     other_app, other = second_instance
-    other_cache = _cache(other_app)
-    _cache(app)
+    other_cache = listening_cache(other_app)
+    listening_cache(app)
     dev = _known_device(admin, app)
-    _settle(other_app)
+    settle(other_app)
     assert heartbeat(other, dev["token"]).json()["ota"] is None
     assert heartbeat(other, dev["token"]).json()["ota"] is None
     assert other_cache.holds(dev["id"])
     assignment = admin.assign(dev["id"], _release_id(admin)).json()  # through the first instance
-    _until(lambda: not other_cache.holds(dev["id"]), "the other instance to drop the device")
+    until(lambda: not other_cache.holds(dev["id"]), "the other instance to drop the device")
     assert heartbeat(other, dev["token"]).json()["ota"]["assignment_id"] == assignment["id"]
 
     heartbeat(other, dev["token"], ota={"assignment_id": assignment["id"], "state": "downloading", "progress": 5})
-    _settle(other_app)
+    settle(other_app)
     heartbeat(other, dev["token"], ota={"assignment_id": assignment["id"], "state": "downloading", "progress": 6})
     assert other_cache.holds(dev["id"])
     admin.post(f"/api/v1/assignments/{assignment['id']}/cancel")
-    _until(lambda: not other_cache.holds(dev["id"]), "the cancel to reach the other instance")
+    until(lambda: not other_cache.holds(dev["id"]), "the cancel to reach the other instance")
     assert heartbeat(other, dev["token"]).json()["ota"] is None
 
 
@@ -322,7 +261,7 @@ def _sql_time(app: Any, at: datetime) -> str:
 
 
 def _epoch(app: Any) -> int:
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         return int(conn.execute("SELECT n FROM cache_epoch").fetchone()[0])
 
 
@@ -330,20 +269,20 @@ def _epoch(app: Any) -> int:
 def _notifications(app: Any) -> Iterator[Callable[[], list[str]]]:
     """PostgreSQL: listen as another instance would; the callable returns every payload heard until a
     marker sent now (notifications arrive in commit order, so nothing committed earlier is missed)."""
-    with _outside_sql(app) as listen:
+    with outside_sql(app) as listen:
         listen.autocommit = True
         listen.execute(f"LISTEN {CHANNEL}")
 
         def heard() -> list[str]:
             marker = f"marker-{uuid.uuid4().hex}"
-            with _outside_sql(app) as conn:
+            with outside_sql(app) as conn:
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, marker))
                 conn.commit()
             payloads = []
             for notify in listen.notifies(timeout=10):
                 if notify.payload == marker:
                     return payloads
-                if not notify.payload.startswith("marker-"):  # _settle's
+                if not notify.payload.startswith("marker-"):  # settle's
                     payloads.append(notify.payload)
             raise AssertionError("the marker notification was not heard")
 
@@ -353,12 +292,12 @@ def _notifications(app: Any) -> Iterator[Callable[[], list[str]]]:
 def test_the_write_behind_flush_and_progress_only_updates_report_nothing(admin: ApiClient, app: Any) -> None:
     """The flush writes last-seen times, readings and progress percentages of thousands of devices every
     few seconds; if that reported a change, every cache would be emptied as fast as it fills."""
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _known_device(admin, app)
     assignment = _delivered(admin, app, dev)
     report = {"assignment_id": assignment["id"], "state": "downloading"}
     heartbeat(admin.client, dev["token"], ota={**report, "progress": 10})  # a change of state: written at once
-    _settle(app)
+    settle(app)
     heartbeat(admin.client, dev["token"], ota={**report, "progress": 20}, battery=50)  # cached, percent only
     assert cache.holds(dev["id"])
     postgresql = app.state.ctx.engine.dialect.name == "postgresql"
@@ -368,7 +307,7 @@ def test_the_write_behind_flush_and_progress_only_updates_report_nothing(admin: 
         assert app.state.heartbeat.buffer.peek(dev["id"]).ota == (assignment["id"], "downloading", 20)
         assert admin.client.portal.call(app.state.heartbeat.flush) == 1  # type: ignore[union-attr]
         later = _sql_time(app, utcnow() + timedelta(seconds=1))
-        with _outside_sql(app) as conn:  # and the same columns changed by hand
+        with outside_sql(app) as conn:  # and the same columns changed by hand
             conn.execute(
                 f"UPDATE assignments SET progress = 30, progress_at = '{later}' WHERE id = '{assignment['id']}'"
             )
@@ -381,41 +320,41 @@ def test_the_write_behind_flush_and_progress_only_updates_report_nothing(admin: 
             assert heard() == []
         else:
             assert _epoch(app) == before
-        _settle(app)
+        settle(app)
         assert cache.holds(dev["id"]), "the cache stays warm"
 
-        with _outside_sql(app) as conn:  # the control: a column the cache holds
+        with outside_sql(app) as conn:  # the control: a column the cache holds
             conn.execute(f"UPDATE assignments SET ota_state = 'verifying' WHERE id = '{assignment['id']}'")
             conn.commit()
         if heard is not None:
             assert heard() == [dev["id"]]
         else:
             assert _epoch(app) == before + 1
-        _until(lambda: not cache.holds(dev["id"]), "the change to reach the cache")
+        until(lambda: not cache.holds(dev["id"]), "the change to reach the cache")
 
 
 @postgresql_only
 def test_a_truncate_empties_every_cache(admin: ApiClient, app: Any) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _cached_device(admin, app)
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         conn.execute("TRUNCATE assignments CASCADE")
         conn.commit()
-    _until(lambda: not cache.holds(dev["id"]), "the TRUNCATE to reach the cache")
+    until(lambda: not cache.holds(dev["id"]), "the TRUNCATE to reach the cache")
 
 
 # ---- PostgreSQL: the LISTEN connection ----------------------------------------------------------------
 
 
 def _terminate(app: Any, pid: int) -> None:
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
         conn.commit()
 
 
 @postgresql_only
 def test_a_killed_listen_connection_distrusts_the_cache_and_reconnects(admin: ApiClient, app: Any) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     listener: PgChangeListener = app.state.heartbeat.listener
     dev = _cached_device(admin, app)
     assert listener.backend_pid is not None
@@ -434,15 +373,15 @@ def test_a_killed_listen_connection_distrusts_the_cache_and_reconnects(admin: Ap
     finally:
         del cache.distrust
     assert not cache.holds(dev["id"]), "emptied: a change may have been missed meanwhile"
-    _until(lambda: listener.connects > connects and cache.usable(), "the listener to reconnect")
+    until(lambda: listener.connects > connects and cache.usable(), "the listener to reconnect")
     assert listener.backend_pid not in (None, old_pid)
 
     # Listening again: a change is delivered as before.
     assignment = _delivered(admin, app, dev)
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         conn.execute(f"UPDATE assignments SET status = 'cancelled' WHERE id = '{assignment['id']}'")
         conn.commit()
-    _until(lambda: not cache.holds(dev["id"]), "the change after the reconnect to reach the cache")
+    until(lambda: not cache.holds(dev["id"]), "the change after the reconnect to reach the cache")
     assert heartbeat(admin.client, dev["token"]).json()["ota"] is None
 
 
@@ -450,7 +389,7 @@ def test_a_killed_listen_connection_distrusts_the_cache_and_reconnects(admin: Ap
 def test_an_outage_is_logged_once_and_retried_with_backoff(
     admin: ApiClient, app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     listener: PgChangeListener = app.state.heartbeat.listener
     conninfo, connects = listener.conninfo, listener.connects
     caplog.set_level(logging.INFO, logger="bota_ota.heartbeat.invalidation")
@@ -458,12 +397,12 @@ def test_an_outage_is_logged_once_and_retried_with_backoff(
     assert listener.backend_pid is not None
     started = time.monotonic()
     _terminate(app, listener.backend_pid)
-    _until(lambda: listener.failures >= 3, "the lost connection and two failed reconnects")
+    until(lambda: listener.failures >= 3, "the lost connection and two failed reconnects")
     # Attempts 0.5 s and then 1 s apart: not a tight loop (the next is 2 s later).
     assert time.monotonic() - started >= 1.5
     assert not cache.usable()
     listener.conninfo = conninfo
-    _until(lambda: listener.connects > connects and cache.usable(), "the listener to reconnect")
+    until(lambda: listener.connects > connects and cache.usable(), "the listener to reconnect")
     messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "bota_ota.heartbeat.invalidation"]
     assert [level for level, _ in messages] == [logging.WARNING, logging.INFO], messages
     assert "listening again" in messages[-1][1]
@@ -484,9 +423,9 @@ def test_sqlite_a_write_of_ours_notices_a_change_made_by_someone_else_first(
 ) -> None:
     """Right after BEGIN IMMEDIATE nobody else can change the counter: if it moved since we last saw it,
     someone else did it, and our own commit must not make that look like ours."""
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _cached_device(admin, app)
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         conn.execute(f"UPDATE devices SET recording = 1 WHERE id = '{dev['id']}'")
         conn.commit()
     assert cache.holds(dev["id"]), "no periodic check in this test"
@@ -497,7 +436,7 @@ def test_sqlite_a_write_of_ours_notices_a_change_made_by_someone_else_first(
 
 @sqlite_only
 def test_sqlite_a_failed_commit_of_ours_is_not_taken_for_someone_elses_change(admin: ApiClient, app: Any) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     dev = _cached_device(admin, app)
     watcher: SqliteEpochWatcher = app.state.heartbeat.listener
     before = _epoch(app)
@@ -511,32 +450,32 @@ def test_sqlite_a_failed_commit_of_ours_is_not_taken_for_someone_elses_change(ad
         )  # the counter rises by one inside this transaction, then falls back with the rollback
     assert _epoch(app) == before
     checks = watcher.checks
-    _until(lambda: watcher.checks >= checks + 2, "two checks")
+    until(lambda: watcher.checks >= checks + 2, "two checks")
     assert cache.holds(dev["id"])
-    with _outside_sql(app) as conn:  # someone else raises the counter by exactly as much
+    with outside_sql(app) as conn:  # someone else raises the counter by exactly as much
         conn.execute(f"UPDATE devices SET recording = 1 WHERE id = '{dev['id']}'")
         conn.commit()
-    _until(lambda: not cache.holds(dev["id"]), "someone else's change to reach the cache")
+    until(lambda: not cache.holds(dev["id"]), "someone else's change to reach the cache")
 
 
 @sqlite_only
 def test_sqlite_an_unreadable_counter_turns_the_cache_off_until_it_is_back(
     admin: ApiClient, app: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     watcher: SqliteEpochWatcher = app.state.heartbeat.listener
     dev = _cached_device(admin, app)
     caplog.set_level(logging.INFO, logger="bota_ota.heartbeat.invalidation")
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         conn.execute("ALTER TABLE cache_epoch RENAME TO cache_epoch_away")
         conn.commit()
-    _until(lambda: not cache.usable(), "the cache to be distrusted")
+    until(lambda: not cache.usable(), "the cache to be distrusted")
     assert not cache.holds(dev["id"])
     checks = watcher.checks
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         conn.execute("ALTER TABLE cache_epoch_away RENAME TO cache_epoch")
         conn.commit()
-    _until(lambda: cache.usable() and watcher.checks > checks, "the cache to be trusted again")
+    until(lambda: cache.usable() and watcher.checks > checks, "the cache to be trusted again")
     messages = [r.levelno for r in caplog.records if r.name == "bota_ota.heartbeat.invalidation"]
     assert messages == [logging.WARNING, logging.INFO], "once per outage, not at every check"
 

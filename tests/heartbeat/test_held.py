@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from bota_ota.core.settings import Settings
 from bota_ota.heartbeat.invalidation import SqliteEpochWatcher
 from bota_ota.ota.models import Assignment
-from tests.heartbeat.test_cache import _cache, _outside_sql, _settle, _until
 from tests.support.database import PG_URL
 from tests.support.factories import ApiClient, firmware_bytes, heartbeat
+from tests.support.heartbeat_cache import listening_cache, outside_sql, settle, until
 from tests.support.statements import Statements
 
 NO_OTA = {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None}
@@ -52,7 +52,7 @@ def _set_held(sessions: sessionmaker[Session], assignment_id: str, held: bool) -
 
 def _set_held_outside(app: Any, assignment_id: str, held: bool) -> None:
     """Plain SQL on a connection of the test's own: no hooks of this instance, only the triggers."""
-    with _outside_sql(app) as conn:
+    with outside_sql(app) as conn:
         conn.execute(f"UPDATE assignments SET held = {'TRUE' if held else 'FALSE'} WHERE id = '{assignment_id}'")
         conn.commit()
 
@@ -124,7 +124,7 @@ def test_a_delivered_assignment_that_is_held_goes_on(
 def _cached_while_recording(admin: ApiClient, app: Any, setup: dict[str, Any]) -> None:
     """The device cached with its pending assignment, not delivered because it records."""
     assert heartbeat(admin.client, setup["token"], recording=True).json()["ota_deferred"] == "recording"  # written
-    _settle(app)
+    settle(app)
     assert heartbeat(admin.client, setup["token"], recording=True).json()["ota_deferred"] == "recording"  # cached
     assert app.state.heartbeat.cache.holds(setup["device"]["id"])
 
@@ -132,7 +132,7 @@ def _cached_while_recording(admin: ApiClient, app: Any, setup: dict[str, Any]) -
 def test_an_assignment_held_by_this_instance_is_not_delivered_from_its_cache(
     admin: ApiClient, app: Any, sessions: sessionmaker[Session], setup: dict[str, Any]
 ) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     _cached_while_recording(admin, app, setup)
     _set_held(sessions, setup["assignment"]["id"], True)
     assert not cache.holds(setup["device"]["id"]), "this instance's own commit drops the device at once"
@@ -143,14 +143,14 @@ def test_an_assignment_held_by_this_instance_is_not_delivered_from_its_cache(
 def test_an_assignment_held_elsewhere_is_not_delivered_from_the_cache_and_released_it_is(
     admin: ApiClient, app: Any, setup: dict[str, Any]
 ) -> None:
-    cache = _cache(app)
+    cache = listening_cache(app)
     device_id, assignment_id = setup["device"]["id"], setup["assignment"]["id"]
     _cached_while_recording(admin, app, setup)
 
     _set_held_outside(app, assignment_id, True)
-    _until(lambda: not cache.holds(device_id), "the hold to reach the cache")
+    until(lambda: not cache.holds(device_id), "the hold to reach the cache")
     assert heartbeat(admin.client, setup["token"]).json() == NO_OTA  # recording ended: written at once
-    _settle(app)
+    settle(app)
     assert heartbeat(admin.client, setup["token"]).json() == NO_OTA  # read again and cached, held
     assert cache.holds(device_id)
     statements = Statements(app.state.ctx.engine)
@@ -159,7 +159,7 @@ def test_an_assignment_held_elsewhere_is_not_delivered_from_the_cache_and_releas
     assert _detail(admin, assignment_id) == ("pending", ["created"])
 
     _set_held_outside(app, assignment_id, False)
-    _until(lambda: not cache.holds(device_id), "the release to reach the cache")
+    until(lambda: not cache.holds(device_id), "the release to reach the cache")
     manifest = heartbeat(admin.client, setup["token"]).json()["ota"]
     assert manifest is not None and manifest["assignment_id"] == assignment_id
     assert _detail(admin, assignment_id) == ("delivered", ["created", "delivered"])
@@ -177,7 +177,7 @@ def test_a_stale_cache_entry_cannot_deliver_a_held_assignment(
 ) -> None:
     """The cache only decides that a heartbeat is routine: a delivery planned from an entry that has not heard
     of the hold yet is planned again from the locked rows, which say held."""
-    cache = _cache(app)
+    cache = listening_cache(app)
     device_id, assignment_id = setup["device"]["id"], setup["assignment"]["id"]
     _cached_while_recording(admin, app, setup)
     _set_held_outside(app, assignment_id, True)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from bota_ota.ota.models import Assignment
-from tests.mobile.test_app_api import App, make_app_user, owned_device
+from tests.support.app_api import App, make_app_user, owned_device
 from tests.support.factories import ApiClient, assert_problem, firmware_bytes
 
 NOTHING = {"update_available": False, "reason": None, "assignment_id": None, "release": None}

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bota_ota.core.database import stable_bucket
 from bota_ota.core.settings import Settings
-from tests.rollouts.test_rollouts_api import (
+from tests.support.factories import ApiClient, heartbeat
+from tests.support.rollouts import (
     act,
     apply,
     assigned_devices,
@@ -29,7 +30,6 @@ from tests.rollouts.test_rollouts_api import (
     kinds,
     tick,
 )
-from tests.support.factories import ApiClient, heartbeat
 
 
 def now() -> datetime:
