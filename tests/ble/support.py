@@ -28,6 +28,16 @@ def run(coro_fn: Callable[[], Awaitable[T]], limit: float = 30.0) -> T:
     return asyncio.run(bounded())
 
 
+async def eventually(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait for an event on the virtual link (a notification handled, a chunk taken): ``condition()`` is
+    checked after every turn of the event loop's work; ``limit`` only bounds a test that would hang."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not reached in {limit}s")
+        await asyncio.sleep(0.002)
+
+
 def device_state(**overrides: Any) -> DeviceState:
     """A Bota Pin ``SERIAL`` running ``OLD``, with ``overrides``."""
     return DeviceState(**{"model": MODEL, "firmware_version": OLD, "serial": SERIAL, **overrides})
