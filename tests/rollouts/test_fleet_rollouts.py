@@ -48,6 +48,12 @@ def server(tmp_path: Path, database_url: str) -> Iterator[SimServer]:
         yield s
 
 
+def fleet_config(server: SimServer, devices: int, prefix: str, **timing: Any) -> Any:
+    """The devices try again every second, like the server asks: a device whose very first heartbeat fails
+    (a connection refused on a loaded machine) would otherwise wait a whole default interval (60 s)."""
+    return server.config(devices, prefix=prefix, interval_override_s=1.0, **timing)
+
+
 def create_rollout(server: SimServer, release_id: str, **fields: Any) -> dict[str, Any]:
     body = {"name": "fleet", "release_id": release_id, "target": {"filter": {"model": "bota-pin"}}, **fields}
     r = server.api.post("/api/v1/rollouts", json=body)
@@ -166,7 +172,7 @@ async def _complete_by_itself(
     server: SimServer, release: dict[str, Any], second: ServerProcess | None
 ) -> tuple[str, Counter[str], dict[str, int]]:
     balancer = None
-    config = server.config(200, prefix="RA")
+    config = fleet_config(server, 200, "RA")
     if second is not None:
         balancer = RoundRobinBalancer([("127.0.0.1", server.proc.port), ("127.0.0.1", second.port)])
         await balancer.start()
@@ -176,7 +182,11 @@ async def _complete_by_itself(
         for cred in fleet.credentials[:5]:
             cred.firmware_version = NEW  # already updated (a beta group, say): skipped, never assigned
         async with running(fleet):
-            await wait_until(lambda: every_device_heartbeated(fleet), timeout=60, what="a first heartbeat from all")
+            await wait_until(
+                lambda: every_device_heartbeated(fleet),
+                timeout=60,
+                what=lambda: f"a first heartbeat from all; {fleet.states()} {fleet.stats()}",
+            )
             rollout = create_rollout(server, release["id"], stages=[5, 50, 100], include_new_devices=False)
 
             # Completed once 95 % of the last stage applied (the default threshold); the last few finish after.
@@ -210,7 +220,7 @@ def test_a_failing_canary_pauses_the_rollout_nothing_new_is_delivered_and_resume
 
 
 async def _canary(server: SimServer, release: dict[str, Any]) -> None:
-    fleet = await start_fleet(server, server.config(200, prefix="RB"))
+    fleet = await start_fleet(server, fleet_config(server, 200, "RB"))
     rollout = create_rollout(server, release["id"], stages=[10, 50, 100], include_new_devices=False)
     rid = rollout["id"]
     first_stage = sorted(a["device_id"] for a in rollout_assignments(server, rid))
@@ -308,7 +318,7 @@ def test_skipped_busy_and_new_devices_then_cancel_leaves_nothing_active(server: 
 
 
 async def _busy_new_cancel(server: SimServer, older: dict[str, Any], release: dict[str, Any]) -> None:
-    fleet = await start_fleet(server, server.config(30, prefix="RC"))
+    fleet = await start_fleet(server, fleet_config(server, 30, "RC"))
     creds = fleet.credentials
     for cred in creds[:2]:  # already on the release (the server knows it from their heartbeat)
         cred.firmware_version = NEW
@@ -380,9 +390,13 @@ def test_kill_9_mid_stage_then_restart_completes_with_no_duplicates(server: SimS
 
 async def _kill_and_restart(server: SimServer, release: dict[str, Any]) -> str:
     # Patient devices: a download cut by the kill is retried for about 30 s, longer than a restart takes.
-    fleet = await start_fleet(server, server.config(40, prefix="RD", backoff_base_s=0.5, backoff_max_s=4))
+    fleet = await start_fleet(server, fleet_config(server, 40, "RD", backoff_base_s=0.5, backoff_max_s=4))
     async with running(fleet):
-        await wait_until(lambda: every_device_heartbeated(fleet), timeout=60, what="a first heartbeat from all")
+        await wait_until(
+            lambda: every_device_heartbeated(fleet),
+            timeout=60,
+            what=lambda: f"a first heartbeat from all; {fleet.states()} {fleet.stats()}",
+        )
         rollout = create_rollout(server, release["id"], stages=[10, 50, 100], include_new_devices=False)
         rid = rollout["id"]
         await wait_until(
