@@ -1,7 +1,7 @@
 """Run the benchmarks, print a table and write JSON: ``make bench`` or ``python -m benchmarks``.
 
 python -m benchmarks                 # everything (about 25 minutes on a 2-core machine)
-python -m benchmarks --only a,c      # a subset: a heartbeat, b rollout, c downloads, d upload
+python -m benchmarks --only a,c      # a subset: a heartbeat, b rollout, c downloads, d upload, e rollout engine
 python -m benchmarks --quick         # small sizes, to check the harness in a few minutes
 """
 
@@ -25,18 +25,20 @@ from rich.table import Table
 from benchmarks.common import RESULTS_DIR, ROOT, Options, Processes, Row, ensure_tools, log, machine_info, processes
 from benchmarks.pg import Postgres
 
-BENCHES = ("a", "b", "c", "d")
-NAMES = {"a": "heartbeat", "b": "rollout", "c": "downloads", "d": "upload"}
+BENCHES = ("a", "b", "c", "d", "e")
+NAMES = {"a": "heartbeat", "b": "rollout", "c": "downloads", "d": "upload", "e": "rollout engine"}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Options]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of a,b,c,d")
+    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of a,b,c,d,e")
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs (harness check)")
-    parser.add_argument("--repeat", type=int, default=None, help="runs per heartbeat config (median; default 2)")
-    parser.add_argument("--databases", default=None, help="for (a): sqlite,postgres")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per heartbeat config and per (e) stage start (median; default 2)"
+    )
+    parser.add_argument("--databases", default=None, help="for (a) and (e): sqlite,postgres")
     parser.add_argument("--workers", default=None, help="for (a) and (c): worker counts, e.g. 1,2")
     parser.add_argument(
         "--rollout", default=None, help="for (b): database:workers pairs, e.g. sqlite:1,postgres:2 (default sqlite:1)"
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Optio
         opts.rollout_configs = tuple((db.strip(), int(w)) for db, w in pairs)
     unknown = set(args.only.split(",")) - set(BENCHES)
     if unknown:
-        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from a,b,c,d")
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from a,b,c,d,e")
     return args, opts
 
 
@@ -93,19 +95,20 @@ def main(argv: list[str] | None = None) -> int:
         needs.append("nginx")
     if "d" in selected:
         needs.append("curl")
-    if ("a" in selected and "postgres" in opts.databases) or (
+    if (any(b in selected for b in ("a", "e")) and "postgres" in opts.databases) or (
         "b" in selected and any(db == "postgres" for db, _ in opts.rollout_configs)
     ):
         needs.append("postgres")
     ensure_tools(needs)
 
-    from benchmarks import bench_download, bench_heartbeat, bench_rollout, bench_upload
+    from benchmarks import bench_download, bench_heartbeat, bench_rollout, bench_stage, bench_upload
 
     runners: dict[str, Callable[[Options, Processes, Postgres | None], tuple[dict[str, Any], list[Row]]]] = {
         "a": bench_heartbeat.run,
         "b": bench_rollout.run,
         "c": bench_download.run,
         "d": bench_upload.run,
+        "e": bench_stage.run,
     }
     opts.scratch = Path(tempfile.mkdtemp(prefix="bota-bench-"))
     console = Console() if sys.stdout.isatty() else Console(width=200)  # a log file gets the whole table

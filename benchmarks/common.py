@@ -394,6 +394,8 @@ class Options:
     download_bytes: int = 100 * 1024 * 1024
     download_s: float = 15.0
     upload_bytes: int = 200 * 1024 * 1024
+    stage_devices: int = 100_000
+    detail_requests: int = 20
 
     @classmethod
     def quick_options(cls) -> Options:
@@ -407,6 +409,8 @@ class Options:
             download_bytes=10 * 1024 * 1024,
             download_s=3.0,
             upload_bytes=20 * 1024 * 1024,
+            stage_devices=5_000,
+            detail_requests=5,
         )
 
 

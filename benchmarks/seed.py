@@ -51,9 +51,23 @@ class SeedSpec:
     devices: int
     release_bin_bytes: int | None = None  # a release NEW_VERSION with a .bin of this size
     assign_first: bool = False  # device 1 gets an active assignment of that release
+    # Every k-th device (i % k == 0) already reports NEW_VERSION; 0: none.
+    up_to_date_every: int = 0
+    # Every k-th device (i % k == k // 2) has an active assignment of the release, made as an operator makes
+    # one (ota.create_assignment), so a rollout of it finds the device busy; 0: none.
+    busy_every: int = 0
 
     def key(self, backend: str) -> str:
-        return safe_name(f"{self.name}_{self.devices}_{self.release_bin_bytes or 0}_{backend}_{schema_head()}_v2")
+        extra = f"_u{self.up_to_date_every}_b{self.busy_every}" if self.up_to_date_every or self.busy_every else ""
+        return safe_name(
+            f"{self.name}_{self.devices}_{self.release_bin_bytes or 0}{extra}_{backend}_{schema_head()}_v2"
+        )
+
+    def is_up_to_date(self, i: int) -> bool:
+        return bool(self.up_to_date_every) and i % self.up_to_date_every == 0
+
+    def is_busy(self, i: int) -> bool:
+        return bool(self.busy_every) and i % self.busy_every == self.busy_every // 2
 
 
 @dataclass
@@ -119,7 +133,7 @@ def _seed(spec: SeedSpec, data_dir: Path, url: str) -> dict[str, Any]:
                         "created_at": now,
                         # A fleet that is already running: seen before, reporting what heartbeat.lua sends.
                         # (A device's first heartbeat ever is a write; the benchmark is about routine ones.)
-                        "firmware_version": OLD_VERSION,
+                        "firmware_version": NEW_VERSION if spec.is_up_to_date(i) else OLD_VERSION,
                         "last_seen_at": now,
                         "battery": 80,
                         "network": "wifi",
@@ -158,6 +172,12 @@ def _seed_release(session: Session, spec: SeedSpec, data_dir: Path) -> dict[str,
     if spec.assign_first:
         assignment = ota.create_assignment(session, device_id=device_id(1), release_id=release.id, actor="bench")
         meta["assignment_id"] = assignment.id
+    busy = [i for i in range(1, spec.devices + 1) if spec.is_busy(i)]
+    for i in busy:
+        ota.create_assignment(session, device_id=device_id(i), release_id=release.id, actor="bench")
+    if spec.up_to_date_every or spec.busy_every:
+        meta["up_to_date"] = sum(1 for i in range(1, spec.devices + 1) if spec.is_up_to_date(i))
+        meta["busy"] = len(busy)
     return meta
 
 

@@ -24,6 +24,7 @@ The rules (docs/rollouts.md):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,14 +44,16 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    or_,
     select,
     true,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bota_ota.core import audit
-from bota_ota.core.database import bucket_sql, note_changed_devices, utcnow
+from bota_ota.core.database import BUCKETS, bucket_sql, note_changed_devices, utcnow
 from bota_ota.core.settings import Settings
 from bota_ota.devices.filters import apply_filter, parse_filter
 from bota_ota.devices.models import Device, DeviceGroup
@@ -152,35 +155,136 @@ def rowcount(result: Any) -> int:
     return max(int(result.rowcount), 0)
 
 
-def add_members(session: Session, rollout: Rollout, f: DeviceFilter, up_to_stage: int, now: datetime) -> int:
-    """Place the target's devices of stages 0..``up_to_stage`` that are not members yet. Returns how many."""
+def add_members(
+    session: Session, rollout: Rollout, f: DeviceFilter, up_to_stage: int, now: datetime
+) -> tuple[int, int]:
+    """Place the target's devices of stages 0..``up_to_stage`` that are not members yet, each as what it is
+    then: ``up_to_date`` (on the release's version or newer), ``assigned`` (a new assignment of this rollout,
+    made here: only a started stage's devices are placed) or ``busy`` (another assignment is active).
+    Returns how many devices were placed and how many of them were assigned.
+
+    The assignments go in first and the members after them, each member with its final state and
+    assignment: placing members as ``waiting`` and updating them once assigned would write every row twice
+    (on PostgreSQL with every foreign key checked again, as the rows are from the same transaction).
+
+    No statement here looks for rows in the table it inserts into. Where a table has no pages when the
+    statement is planned (the members of a rollout's first stage; a database's first assignments),
+    PostgreSQL answers such a ``NOT EXISTS`` with a scan of everything the statement has inserted so far,
+    for every row: quadratic in the stage's size. Rows that exist already are skipped by their unique
+    index instead (``ON CONFLICT DO NOTHING``)."""
     bucket = _bucket(session, rollout)
     up_to_date = versions_at_least(session, rollout.model, rollout.version)
-    state: Any = (
-        case((Device.firmware_version.in_(up_to_date), "up_to_date"), else_="waiting")
-        if up_to_date
-        else literal("waiting")
-    )
+    in_stages = target_devices(session, rollout, f)
+    limit = thresholds(rollout.stages)[up_to_stage]
+    if limit < BUCKETS:  # up to 100 %: every bucket, no hash to compute
+        in_stages = in_stages.where(bucket < limit)
     member = exists().where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.device_id == Device.id)
-    devices = (
-        target_devices(session, rollout, f)
-        .with_only_columns(
-            literal(rollout.id),
-            Device.id,
-            _stage_case(rollout.stages, bucket),
-            state,
-            literal(now, type_=RolloutDevice.__table__.c.added_at.type),
-        )
-        .where(bucket < thresholds(rollout.stages)[up_to_stage], ~member)
+    new_devices = in_stages.where(~member)
+    if not session.scalar(select(new_devices.with_only_columns(Device.id).exists())):
+        return 0, 0  # the periodic membership check, mostly: one look, no writes
+
+    # 1. An assignment for each new member that needs the update and has no active assignment.
+    needs_update: Any = or_(Device.firmware_version.is_(None), Device.firmware_version.not_in(up_to_date))
+    candidates = new_devices.with_only_columns(*_assignment_values(session, rollout, Device.id, now))
+    if up_to_date:
+        candidates = candidates.where(needs_update)
+    made = session.execute(
+        _insert_new(session, Assignment, ["device_id"], where=_active(Assignment.status))
+        .from_select(_ASSIGNMENT_COLUMNS, candidates)
+        .returning(Assignment.id, Assignment.device_id)
+    ).all()
+    note_changed_devices(session, [device_id for _, device_id in made])
+    record_created(session, rollout, [assignment_id for assignment_id, _ in made], now)
+
+    # 2. The members, with the device's active assignment (at most one) joined by device alone: if this
+    # rollout made it, the member is assigned to it; if another did, the member is busy.
+    mine = Assignment.rollout_id == rollout.id
+    states: list[Any] = [(Device.firmware_version.in_(up_to_date), "up_to_date")] if up_to_date else []
+    devices = in_stages.outerjoin(
+        Assignment, and_(Assignment.device_id == Device.id, _active(Assignment.status))
+    ).with_only_columns(
+        literal(rollout.id),
+        Device.id,
+        _stage_case(rollout.stages, bucket),
+        case(*states, (mine, "assigned"), else_="busy"),
+        case((mine, Assignment.id)),
+        literal(now, type_=RolloutDevice.__table__.c.added_at.type),
     )
     # preserve_rowcount: without it SQLAlchemy reports no row count (-1) for an INSERT ... SELECT on
-    # PostgreSQL (psycopg), while SQLite's driver gives it anyway.
+    # PostgreSQL (psycopg), while SQLite's driver gives it anyway. Either counts the rows inserted.
     result = session.execute(
-        insert(RolloutDevice)
-        .from_select(["rollout_id", "device_id", "stage", "state", "added_at"], devices)
+        _insert_new(session, RolloutDevice, ["rollout_id", "device_id"])
+        .from_select(["rollout_id", "device_id", "stage", "state", "assignment_id", "added_at"], devices)
         .execution_options(preserve_rowcount=True)
     )
-    return rowcount(result)
+    return rowcount(result), len(made)
+
+
+_ASSIGNMENT_COLUMNS = [
+    "id",
+    "device_id",
+    "release_id",
+    "version",
+    "status",
+    "created_at",
+    "created_by",
+    "rollout_id",
+    "held",
+    "delivery_count",
+]
+
+
+def _assignment_values(session: Session, rollout: Rollout, device_id: Any, now: datetime) -> list[Any]:
+    """The columns of ``_ASSIGNMENT_COLUMNS`` for a new pending assignment of this rollout to ``device_id``
+    (held while the rollout is not running)."""
+    return [
+        _new_id_sql(session),
+        device_id,
+        literal(rollout.release_id),
+        literal(rollout.version),
+        literal("pending"),
+        literal(now, type_=Assignment.__table__.c.created_at.type),
+        literal(_actor(rollout)),
+        literal(rollout.id),
+        false() if rollout.status == "running" else true(),
+        literal(0),
+    ]
+
+
+def _actor(rollout: Rollout) -> str:
+    return f"rollout:{rollout.name}"[:200]
+
+
+def _insert_new(session: Session, model: type[Any], key: list[str], where: Any = None) -> Any:
+    """``INSERT ... ON CONFLICT (key) [WHERE ...] DO NOTHING``: rows whose key exists already are skipped."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(model).on_conflict_do_nothing(index_elements=key, index_where=where)
+
+
+def record_created(session: Session, rollout: Rollout, assignment_ids: list[str], now: datetime) -> None:
+    """The "created" event of each new assignment, as create_assignment records one."""
+    if not assignment_ids:
+        return
+    detail = {"release_id": rollout.release_id, "version": rollout.version, "rollout_id": rollout.id}
+    actor = _actor(rollout)
+    # One statement over the ids as one array (PostgreSQL) or one JSON array (SQLite): as rows of an
+    # executemany, the same events take two to three times as long.
+    ids: Any
+    if session.get_bind().dialect.name == "postgresql":
+        ids = func.unnest(literal(assignment_ids, type_=postgresql.ARRAY(Text)))
+    else:
+        ids = func.json_each(literal(json.dumps(assignment_ids))).table_valued("value").c.value
+    events = select(
+        ids,
+        literal(now, type_=AssignmentEvent.__table__.c.at.type),
+        literal("created"),
+        literal("pending"),
+        literal(detail, type_=JSON),
+        literal(actor),
+    )
+    session.execute(
+        insert(AssignmentEvent).from_select(["assignment_id", "at", "kind", "status", "detail", "actor"], events)
+    )
 
 
 def _new_id_sql(session: Session) -> Any:
@@ -221,24 +325,14 @@ def assign_waiting(session: Session, rollout: Rollout, now: datetime) -> int:
             .execution_options(synchronize_session=False)
         )
     active_elsewhere = exists().where(Assignment.device_id == RolloutDevice.device_id, _active(Assignment.status))
-    candidates = select(
-        _new_id_sql(session),
-        RolloutDevice.device_id,
-        literal(rollout.release_id),
-        literal(rollout.version),
-        literal("pending"),
-        literal(now, type_=Assignment.__table__.c.created_at.type),
-        literal(f"rollout:{rollout.name}"[:200]),
-        literal(rollout.id),
-        false() if rollout.status == "running" else true(),
-        literal(0),
-    ).where(open_members, ~active_elsewhere)
-    columns = ["id", "device_id", "release_id", "version", "status", "created_at", "created_by", "rollout_id"]
-    columns += ["held", "delivery_count"]
-    assigned_devices = changed_devices(
-        session, insert(Assignment).from_select(columns, candidates).returning(Assignment.device_id)
+    candidates = select(*_assignment_values(session, rollout, RolloutDevice.device_id, now)).where(
+        open_members, ~active_elsewhere
     )
-    made = len(assigned_devices)
+    new_assignments = session.execute(
+        insert(Assignment).from_select(_ASSIGNMENT_COLUMNS, candidates).returning(Assignment.id, Assignment.device_id)
+    ).all()
+    note_changed_devices(session, [device_id for _, device_id in new_assignments])
+    made = len(new_assignments)
     if made <= 0:
         session.execute(
             update(RolloutDevice)
@@ -268,22 +362,7 @@ def assign_waiting(session: Session, rollout: Rollout, now: datetime) -> int:
         .values(state="busy")
         .execution_options(synchronize_session=False)
     )
-    # The "created" event of each new assignment, as create_assignment records one.
-    detail = {"release_id": rollout.release_id, "version": rollout.version, "rollout_id": rollout.id}
-    has_event = exists().where(AssignmentEvent.assignment_id == Assignment.id)
-    session.execute(
-        insert(AssignmentEvent).from_select(
-            ["assignment_id", "at", "kind", "status", "detail", "actor"],
-            select(
-                Assignment.id,
-                literal(now, type_=AssignmentEvent.__table__.c.at.type),
-                literal("created"),
-                Assignment.status,
-                literal(detail, type_=JSON),
-                literal(f"rollout:{rollout.name}"[:200]),
-            ).where(Assignment.rollout_id == rollout.id, Assignment.created_at == now, ~has_event),
-        )
-    )
+    record_created(session, rollout, [assignment_id for assignment_id, _ in new_assignments], now)
     return made
 
 
@@ -362,8 +441,8 @@ def start_stage(session: Session, rollout: Rollout, index: int, now: datetime, *
     row.status, row.started_at = "running", now
     rollout.current_stage = index
     rollout.members_checked_at = now
-    added = add_members(session, rollout, f, index, now)
-    assigned = assign_waiting(session, rollout, now)
+    added, assigned = add_members(session, rollout, f, index, now)
+    assigned += assign_waiting(session, rollout, now)  # members of earlier stages that were busy
     record(
         session,
         rollout,
@@ -488,7 +567,7 @@ def evaluate(session: Session, rollout: Rollout, settings: Settings, now: dateti
             pause(session, rollout, "its target group was deleted", now, actor=SYSTEM)
             return True
         rollout.members_checked_at = now
-        added = add_members(session, rollout, f, rollout.current_stage, now)
+        added, _assigned = add_members(session, rollout, f, rollout.current_stage, now)
         if added:
             record(session, rollout, "devices_joined", actor=SYSTEM, devices=added)
             changed = True
