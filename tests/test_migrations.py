@@ -119,7 +119,7 @@ def test_one_active_assignment_per_device_is_enforced_by_the_migrated_schema(dat
             )
 
         with engine.begin() as conn:
-            for n, status in enumerate(["applied", "failed", "cancelled", "cancelled", "pending"]):
+            for n, status in enumerate(["applied", "failed", "cancelled", "superseded", "pending"]):
                 insert(conn, f"A{n}", status)
         for n, status in enumerate(["pending", "delivered"]):
             with pytest.raises(IntegrityError), engine.begin() as conn:
@@ -132,3 +132,85 @@ def test_one_active_assignment_per_device_is_enforced_by_the_migrated_schema(dat
             insert(conn, "C2", "bogus")  # the status check constraint
     finally:
         engine.dispose()
+
+
+def _count(conn: Any, sql: str) -> int:
+    return int(conn.execute(text(sql)).scalar_one())
+
+
+def test_upgrading_over_existing_rows_keeps_every_row_and_link(database_url: str) -> None:
+    # On SQLite 0009 copies the assignments table (a new check constraint): the rows that refer to it (events,
+    # rollout members) must survive the old table's drop. Then downgrading turns superseded into cancelled.
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(database_url)
+    before = ScriptDirectory.from_config(cfg).get_revision("0009").down_revision
+    assert isinstance(before, str)
+    engine = make_engine(database_url)
+    now = "2026-01-01 00:00:00+00:00"
+    try:
+        command.downgrade(cfg, before)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO devices (id, model, token_hash, created_at, recording, ble_connected) "
+                    "VALUES ('D1', 'bota-pin', 'h1', :now, false, false)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO releases (id, model, version, version_key, notes, released, created_at) "
+                    "VALUES ('R1', 'bota-pin', 'v1.0.1', '1.0.1', '', true, :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO rollouts (id, name, release_id, model, version, status, target, stages, advance, "
+                    "success_threshold_pct, failure_threshold_pct, failure_min_devices, stage_window_s, "
+                    "include_new_devices, current_stage, created_at) VALUES ('RO1', 'r', 'R1', 'bota-pin', "
+                    "'v1.0.1', 'running', '{}', '[100]', 'auto', 95, 10, 5, 3600, false, 0, :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO assignments (id, device_id, release_id, version, status, created_at, "
+                    "delivery_count, rollout_id, held) VALUES ('A1', 'D1', 'R1', 'v1.0.1', 'pending', :now, 0, "
+                    "'RO1', false)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO assignment_events (assignment_id, at, kind, status, detail) "
+                    "VALUES ('A1', :now, 'created', 'pending', '{}')"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO rollout_devices (rollout_id, device_id, stage, state, assignment_id, added_at) "
+                    "VALUES ('RO1', 'D1', 0, 'assigned', 'A1', :now)"
+                ),
+                {"now": now},
+            )
+        upgrade_to_head(database_url)
+        with engine.begin() as conn:
+            assert _count(conn, "SELECT count(*) FROM assignment_events WHERE assignment_id = 'A1'") == 1
+            assert _count(conn, "SELECT count(*) FROM rollout_devices WHERE assignment_id = 'A1'") == 1
+            assert _count(conn, "SELECT count(*) FROM assignments WHERE rollout_id = 'RO1'") == 1
+            conn.execute(text("UPDATE assignments SET status = 'superseded' WHERE id = 'A1'"))
+        assert _diff(database_url) == []
+        command.downgrade(cfg, before)
+        with engine.begin() as conn:
+            row = conn.execute(text("SELECT status, error FROM assignments WHERE id = 'A1'")).one()
+            assert tuple(row) == ("cancelled", "superseded")
+            assert _count(conn, "SELECT count(*) FROM assignment_events WHERE assignment_id = 'A1'") == 1
+            assert _count(conn, "SELECT count(*) FROM rollout_devices WHERE assignment_id = 'A1'") == 1
+            with pytest.raises(IntegrityError), conn.begin_nested():
+                conn.execute(text("UPDATE assignments SET status = 'superseded' WHERE id = 'A1'"))
+    finally:
+        engine.dispose()
+        upgrade_to_head(database_url)

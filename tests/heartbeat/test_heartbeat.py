@@ -328,11 +328,18 @@ def test_semantically_equal_version_means_applied(admin: ApiClient, setup: dict[
     assert a["error"] is None
 
 
-@pytest.mark.parametrize("reported", ["v1.0.0", "v1.0.2", "v1.0.1-rc.1", "v1.0.10", "garbage"])
-def test_other_versions_do_not_apply(admin: ApiClient, setup: dict[str, Any], reported: str) -> None:
+@pytest.mark.parametrize("reported", ["v1.0.0", "v1.0.1-rc.1", "garbage"])
+def test_older_or_unparsable_versions_do_not_apply(admin: ApiClient, setup: dict[str, Any], reported: str) -> None:
     heartbeat(admin.client, setup["token"])
     heartbeat(admin.client, setup["token"], firmware_version=reported)
     assert _assignment(admin, setup["assignment"]["id"])["status"] == "delivered"
+
+
+@pytest.mark.parametrize("reported", ["v1.0.2", "v1.0.10", "1.1.0"])
+def test_newer_versions_supersede(admin: ApiClient, setup: dict[str, Any], reported: str) -> None:
+    heartbeat(admin.client, setup["token"])
+    assert heartbeat(admin.client, setup["token"], firmware_version=reported).json()["ota"] is None
+    assert _assignment(admin, setup["assignment"]["id"])["status"] == "superseded"
 
 
 def test_cancelled_pending_is_never_delivered(admin: ApiClient, setup: dict[str, Any]) -> None:

@@ -121,6 +121,7 @@ WRITES_BY_OUTCOME = [
     pytest.param("defer", False, id="defer"),
     pytest.param("resend", False, id="resend"),
     pytest.param("apply", True, id="apply"),
+    pytest.param("supersede", True, id="supersede"),
     pytest.param("fail", True, id="fail"),
     pytest.param("deliver", True, id="deliver"),
     pytest.param("redeliver", True, id="redeliver"),
@@ -169,15 +170,70 @@ def test_applied(asg: AssignmentView, beat: Heartbeat) -> None:
 
 
 NOT_APPLIED = [
-    pytest.param(pending(), hb("v1.1.1"), "deliver", id="newer-patch"),
     pytest.param(pending(), hb("v1.1.0-rc.1"), "deliver", id="prerelease-is-not-the-release"),
     pytest.param(delivered(), hb("v1.0.9"), "resend", id="older"),
+    # A version that is not semver is neither equal nor newer: the assignment goes on.
+    pytest.param(pending(), hb("garbage"), "deliver", id="unparsable-reported"),
+    pytest.param(pending(), hb("v1.2"), "deliver", id="two-part-version-is-not-semver"),
+    pytest.param(pending(version="nightly-42"), hb("v9.0.0"), "deliver", id="unparsable-assigned"),
 ]
 
 
 @pytest.mark.parametrize(("asg", "beat", "outcome"), NOT_APPLIED)
 def test_not_applied(asg: AssignmentView, beat: Heartbeat, outcome: Outcome) -> None:
     check(device(), asg, beat, Plan(True, None, outcome), writes=True)
+
+
+# --- Step 3: a reported version newer than the assigned one → superseded, whatever else is going on. ----------
+# The device moved past the assignment (installed a newer release some other way): delivering it now would send
+# the device back to an older version.
+
+SUPERSEDED = [
+    pytest.param(pending(), hb("v1.1.1"), id="pending-newer-patch"),
+    pytest.param(pending(), hb("1.2.0"), id="pending-newer-without-v"),
+    pytest.param(pending(), hb("v2.0.0-rc.1"), id="prerelease-of-a-newer-version"),
+    pytest.param(pending(version="v1.1.0-rc.1"), hb("v1.1.0"), id="release-after-its-prerelease"),
+    pytest.param(pending(), hb("v1.1.10"), id="semver-not-string-order"),
+    pytest.param(delivered(), hb("v1.2.0"), id="delivered"),
+    pytest.param(delivered(delivery_expires_at=EARLIER), hb("v1.2.0"), id="delivered-url-expired"),
+    pytest.param(pending(held=True), hb("v1.2.0"), id="held"),
+    pytest.param(pending(), hb("v1.2.0", recording=True), id="while-recording"),
+    pytest.param(
+        delivered(ota_state="downloading", progress=40),
+        hb("v1.2.0", ota=report("downloading", 55)),
+        id="progress-report-loses",
+    ),
+    pytest.param(delivered(ota_state="downloading"), hb("v1.2.0", ota=report("failed")), id="failed-report-loses"),
+    pytest.param(delivered(ota_state="writing"), hb("v1.2.0", ota=report("writing")), id="writing-report-loses"),
+]
+
+
+@pytest.mark.parametrize(("asg", "beat"), SUPERSEDED)
+def test_superseded(asg: AssignmentView, beat: Heartbeat) -> None:
+    check(device(), asg, beat, Plan(True, None, "supersede"), writes=True)
+
+
+# A downgrade an admin allowed (v1.0.4 → v1.0.2): the device reporting the version it is being downgraded from
+# (or anything between) is what the downgrade expects; only a version newer than that one supersedes it.
+ON_104 = device(firmware_version="v1.0.4")
+DOWNGRADE = pending(version="v1.0.2", downgrade_from="v1.0.4")
+
+DOWNGRADES = [
+    pytest.param(ON_104, DOWNGRADE, hb("v1.0.4"), Plan(False, None, "deliver"), id="still-on-the-version-it-left"),
+    pytest.param(ON_104, DOWNGRADE, hb("1.0.4+b2"), Plan(True, None, "deliver"), id="same-version-other-spelling"),
+    pytest.param(ON_104, DOWNGRADE, hb("v1.0.3"), Plan(True, None, "deliver"), id="between"),
+    pytest.param(ON_104, DOWNGRADE, hb("v1.0.2"), Plan(True, None, "apply"), id="applied"),
+    pytest.param(ON_104, DOWNGRADE, hb("v1.0.5"), Plan(True, None, "supersede"), id="past-the-version-it-left"),
+    pytest.param(ON_104, replace(DOWNGRADE, status="delivered", delivery_expires_at=LATER), hb("v1.0.4"),
+                 Plan(False, None, "resend"), id="delivered-still-on-the-version-it-left"),
+    pytest.param(ON_104, replace(DOWNGRADE, held=True), hb("v1.0.5"), Plan(True, None, "supersede"),
+                 id="held-past-the-version-it-left"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dev", "asg", "beat", "expected"), DOWNGRADES)
+def test_downgrade(dev: DeviceSnapshot, asg: AssignmentView, beat: Heartbeat, expected: Plan) -> None:
+    check(dev, asg, beat, expected, writes=expected.writes)
 
 
 # --- Step 4: a failed report for the active, delivered assignment → failed. ----------------------------------
@@ -431,6 +487,7 @@ def signer(tmp_path: Path, base_url: CountingBaseUrl) -> ManifestSigner:
 NO_MANIFEST = [
     pytest.param("none", None, id="none"),
     pytest.param("apply", None, id="apply"),
+    pytest.param("supersede", None, id="supersede"),
     pytest.param("fail", None, id="fail"),
     pytest.param("hold", None, id="hold"),
     pytest.param("withheld", None, id="withheld"),
@@ -504,6 +561,9 @@ ROUTINE = [
     pytest.param(device(assignment=delivered(delivery_expires_at=EARLIER)), hb(), "redeliver", True, None,
                  id="redeliver"),
     pytest.param(device(assignment=delivered()), hb("v1.1.0"), "apply", True, None, id="apply"),
+    pytest.param(device(assignment=pending()), hb("v1.2.0"), "supersede", True, None, id="supersede"),
+    pytest.param(device(firmware_version="v1.2.0", assignment=delivered()), hb("v1.2.0"), "supersede", True, None,
+                 id="supersede-same-version-as-cached"),
     pytest.param(device(assignment=delivered()), hb(ota=report("failed")), "fail", True, None, id="fail"),
     pytest.param(device(assignment=delivered()), hb(ota=DL_0), "resend", True, None, id="progress-state-change"),
 ]  # fmt: skip

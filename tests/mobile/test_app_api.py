@@ -83,6 +83,8 @@ def test_newer_released_ufw_is_offered_drafts_and_bin_only_are_not(admin: ApiCli
         "reason": None,
         "assignment_id": None,
         "release": None,
+        "assignment": None,
+        "message": None,
     }
     admin.release("v1.0.1", bin=firmware_bytes(1000), ufw=firmware_bytes(3000))
     admin.release("v1.0.2", bin=firmware_bytes(1000))  # no .ufw: cannot go over BLE
@@ -103,17 +105,56 @@ def test_newer_released_ufw_is_offered_drafts_and_bin_only_are_not(admin: ApiCli
     assert app_user.get(f"/devices/{device['id']}/firmware-update").json()["update_available"] is False
 
 
-def test_an_active_assignment_wins_even_when_older(admin: ApiClient, app_user: App) -> None:
+def test_an_admins_downgrade_wins_over_a_newer_release(admin: ApiClient, app_user: App) -> None:
     device = owned_device(admin, app_user, version="v1.0.0")
     older = admin.release("v0.9.0", bin=firmware_bytes(1000), ufw=firmware_bytes(2000))
     admin.release("v2.0.0", bin=firmware_bytes(1000), ufw=firmware_bytes(2000))
-    assignment = admin.assign(device["id"], older["id"]).json()
+    body = {"release_id": older["id"], "allow_downgrade": True}
+    assignment = admin.post(f"/api/v1/devices/{device['id']}/assignments", json=body).json()
     offer = app_user.get(f"/devices/{device['id']}/firmware-update").json()
     assert (offer["reason"], offer["assignment_id"], offer["release"]["id"]) == (
         "assignment",
         assignment["id"],
         older["id"],
     )
+    assert offer["assignment"] == {"id": assignment["id"], "version": "v0.9.0", "status": "pending", "over_ble": True}
+    assert offer["message"] is None
+
+
+def test_an_assignment_without_ufw_is_told_of_and_nothing_else_is_offered(admin: ApiClient, app_user: App) -> None:
+    device = owned_device(admin, app_user, version="v1.0.0")
+    bin_only = admin.release("v1.1.0", bin=firmware_bytes(1000))
+    admin.release("v1.2.0", bin=firmware_bytes(1000), ufw=firmware_bytes(2000))  # newer, with a .ufw
+    assignment = admin.assign(device["id"], bin_only["id"]).json()
+    url = f"/devices/{device['id']}/firmware-update"
+    for status in ("pending", "delivered"):  # delivered over HTTP: the device is downloading it itself
+        offer = app_user.get(url).json()
+        assert offer["update_available"] is False and offer["release"] is None
+        assert (offer["reason"], offer["assignment_id"]) == ("assignment_http_only", assignment["id"])
+        assert offer["assignment"] == {"id": assignment["id"], "version": "v1.1.0", "status": status, "over_ble": False}
+        assert "v1.1.0" in offer["message"] and "WiFi/4G" in offer["message"]
+        heartbeat(admin.client, device["token"], firmware_version="v1.0.0")
+    # Applied: nothing is assigned any more, and the newer release is offered.
+    heartbeat(admin.client, device["token"], firmware_version="v1.1.0")
+    offer = app_user.get(url).json()
+    assert (offer["reason"], offer["release"]["version"], offer["assignment"]) == ("newer_release", "v1.2.0", None)
+
+
+def test_a_relayed_newer_version_supersedes_a_delivered_assignment(admin: ApiClient, app_user: App) -> None:
+    device = owned_device(admin, app_user, version="v1.0.0")
+    release = admin.release("v1.0.1", bin=firmware_bytes(1000), ufw=firmware_bytes(2000))
+    assignment = admin.assign(device["id"], release["id"]).json()
+    body = {"release_id": release["id"], "assignment_id": assignment["id"], "state": "started"}
+    assert app_user.post(f"/devices/{device['id']}/ble-ota", json=body).json()["assignment_status"] == "delivered"
+    app_user.post(f"/devices/{device['id']}/relay", json={"firmware_version": "v1.0.0"})
+    assert admin.get(f"/api/v1/assignments/{assignment['id']}").json()["status"] == "delivered"
+    app_user.post(f"/devices/{device['id']}/relay", json={"firmware_version": "v1.1.0"})
+    detail = admin.get(f"/api/v1/assignments/{assignment['id']}").json()
+    assert (detail["status"], detail["channel"]) == ("superseded", "ble")
+    assert detail["events"][-1]["detail"] == {"reported_version": "v1.1.0", "channel": "ble"}
+    # A late attempt on it is refused: it is final.
+    late = app_user.post(f"/devices/{device['id']}/ble-ota", json={**body, "state": "completed"})
+    assert_problem(late, 409, field="assignment_id")
 
 
 def test_relay_never_delivers_and_never_moves_a_pending_assignment(admin: ApiClient, app_user: App) -> None:

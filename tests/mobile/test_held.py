@@ -16,7 +16,14 @@ from bota_ota.ota.models import Assignment
 from tests.support.app_api import App, make_app_user, owned_device
 from tests.support.factories import ApiClient, assert_problem, firmware_bytes
 
-NOTHING = {"update_available": False, "reason": None, "assignment_id": None, "release": None}
+NOTHING = {
+    "update_available": False,
+    "reason": None,
+    "assignment_id": None,
+    "release": None,
+    "assignment": None,
+    "message": None,
+}
 
 
 def _set_held(sessions: sessionmaker[Session], assignment_id: str, held: bool) -> None:

@@ -49,10 +49,13 @@ def test_filter_counts_and_pages(client: TestClient, admin: ApiClient, portal_us
         firmware_version="v1.0.0",
         ota={"assignment_id": failing["id"], "state": "failed", "error": "flash_write"},
     )
+    superseded = admin.device(device_id="BP-SUPERSEDED")
+    admin.assign("BP-SUPERSEDED", release["id"])
+    heartbeat(client, superseded["token"], firmware_version="v1.0.2")  # newer than the assignment's
     sign_in(client, *portal_user)
 
     page, first = rows(client)
-    assert "(55)" in page.find("h1").text  # type: ignore[union-attr]
+    assert "(56)" in page.find("h1").text  # type: ignore[union-attr]
     assert chips(page) == {
         "All": ("All", True),
         "pending": ("pending 1", False),
@@ -60,11 +63,12 @@ def test_filter_counts_and_pages(client: TestClient, admin: ApiClient, portal_us
         "applied": ("applied 1", False),
         "failed": ("failed 1", False),
         "cancelled": ("cancelled 51", False),
+        "superseded": ("superseded 1", False),
     }
     assert len(first) == 50 and "Page 1 of 2" in page.text
     assert "/assignments?page=2" in page.links()
     page2, second = rows(client, "page=2")
-    assert len(second) == 5 and "Page 2 of 2" in page2.text and "/assignments?page=1" in page2.links()
+    assert len(second) == 6 and "Page 2 of 2" in page2.text and "/assignments?page=1" in page2.links()
     assert Counter(first + second) == Counter(
         [("BP-MANY", "cancelled")] * 51
         + [
@@ -72,6 +76,7 @@ def test_filter_counts_and_pages(client: TestClient, admin: ApiClient, portal_us
             ("BP-DELIVERED", "delivered"),
             ("BP-APPLIED", "applied"),
             ("BP-FAILED", "failed"),
+            ("BP-SUPERSEDED", "superseded"),
         ]
     )
 
@@ -80,6 +85,7 @@ def test_filter_counts_and_pages(client: TestClient, admin: ApiClient, portal_us
         ("delivered", "BP-DELIVERED"),
         ("applied", "BP-APPLIED"),
         ("failed", "BP-FAILED"),
+        ("superseded", "BP-SUPERSEDED"),
     ]:
         page, only = rows(client, f"status={status}")
         assert only == [(device, status)], status

@@ -69,6 +69,7 @@ def test_counts_charts_and_recent_failures(client: TestClient, admin: ApiClient,
         ("applied", "1", 100.0),
         ("failed", "1", 100.0),
         ("cancelled", "1", 100.0),
+        ("superseded", "0", 0.0),
     ]
 
     # 1.0.0 and v1.0.0 are one version (shown as most devices spell it); newest version first.
@@ -96,6 +97,7 @@ def test_an_empty_fleet(client: TestClient, portal_user: tuple[str, str]) -> Non
         ("applied", "0"),
         ("failed", "0"),
         ("cancelled", "0"),
+        ("superseded", "0"),
     ]
     assert "No failed updates." in _section(page, "Recent failures").text
 

@@ -63,6 +63,46 @@ def test_assign_errors_are_shown_beside_the_dropdown(
     assert again.status_code == 409 and "already has an active assignment" in again.text
 
 
+def test_older_releases_are_not_offered_and_a_downgrade_is_refused_beside_the_dropdown(
+    client: TestClient, admin: ApiClient, portal_user: tuple[str, str]
+) -> None:
+    device = admin.device(device_id="BP-OTA-DOWN")
+    heartbeat(admin.client, device["token"], firmware_version="v1.0.4")
+    older = admin.release("v1.0.2", bin=b"\x07" * 500)
+    admin.release("v1.0.4", bin=b"\x08" * 500)  # the same version: offered (applied on the next heartbeat)
+    admin.release("v1.1.0", bin=b"\x09" * 500)
+    sign_in(client, *portal_user)
+    page = client.get("/devices/BP-OTA-DOWN?tab=ota").text
+    options = re.findall(r'<option value="[0-9a-f]+">([^<]+)</option>', page)
+    assert options == ["v1.1.0", "v1.0.4"]
+    assert "1 older release than the device's v1.0.4 is not listed" in page
+    assert 'aria-describedby="release-hint"' in page
+    # A stale page or a forged form: refused with the reason beside the field, nothing assigned.
+    r = client.post(
+        "/devices/BP-OTA-DOWN/assign",
+        data={"release_id": older["id"], "csrf_token": csrf(client, "/devices/BP-OTA-DOWN?tab=ota")},
+    )
+    assert r.status_code == 422
+    error = re.search(r'<p class="error" id="release-error" role="alert">([^<]+)</p>', r.text)
+    assert error is not None and "older than v1.0.4" in error.group(1) and "downgrade" in error.group(1)
+    assert 'aria-invalid="true"' in r.text and 'aria-describedby="release-hint release-error"' in r.text
+    assert admin.get("/api/v1/devices/BP-OTA-DOWN/assignments").json() == []
+
+
+def test_a_superseded_assignment_in_the_history(
+    client: TestClient, admin: ApiClient, portal_user: tuple[str, str]
+) -> None:
+    device = admin.device(device_id="BP-OTA-SUP")
+    release = admin.release("v1.0.2", bin=b"\x0a" * 500)
+    admin.assign("BP-OTA-SUP", release["id"])
+    heartbeat(admin.client, device["token"], firmware_version="v1.0.4")
+    sign_in(client, *portal_user)
+    assert status_badge(client, "BP-OTA-SUP") == "superseded"
+    history = client.get("/devices/BP-OTA-SUP?tab=ota").text
+    assert '<span class="badge status-superseded">superseded</span>' in history
+    assert "superseded: the device reported v1.0.4" in history
+
+
 def test_cancel_from_the_portal(client: TestClient, admin: ApiClient, portal_user: tuple[str, str]) -> None:
     admin.device(device_id="BP-OTA-3")
     release = admin.release("v1.0.1", bin=b"\x06" * 500)

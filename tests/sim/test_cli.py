@@ -163,6 +163,43 @@ def test_assign_from_a_file_counts_each_outcome(sim_server: SimServer, tmp_path:
     assert "has no .bin file" in no_bin.stderr
 
 
+def test_assign_skips_devices_on_a_newer_version_unless_an_admin_allows_the_downgrade(
+    sim_server: SimServer, tmp_path: Path
+) -> None:
+    env = {**sim_server.proc.env, "COLUMNS": "160"}
+    for device_id, version in (("DG-PIN-NEW", "v2.0.0"), ("DG-PIN-OLD", "v0.9.0")):
+        r = sim_server.api.post("/api/v1/devices", json={"id": device_id, "model": "bota-pin"})
+        assert r.status_code == 201, r.text
+        beat = httpx.post(
+            f"{sim_server.url}/api/device/v1/heartbeat",
+            json={"firmware_version": version},
+            headers={"Authorization": f"Bearer {r.json()['token']}"},
+        )
+        assert beat.status_code == 200, beat.text
+    release = sim_server.release("v1.0.0")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("DG-PIN-NEW\nDG-PIN-OLD\n")
+    common = ["assign", "--server", sim_server.url, "--release", release["id"], "--devices", str(ids)]
+
+    out = run(*common, "--api-token", sim_server.token, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "assigned                 │ 1" in out.stdout and "skipped (newer version)  │ 1" in out.stdout, out.stdout
+    # The flag needs an admin token: an operator's is refused at the first device, nothing more is tried.
+    refused = run(*common, "--api-token", sim_server.token, "--allow-downgrade", env=env)
+    assert refused.returncode == 2
+    assert "403" in refused.stderr and "admin" in refused.stderr
+    created = run(
+        "token", "create", "--name", "dg-admin", "--role", "admin", "--data-dir", str(sim_server.proc.data_dir), env=env
+    )
+    assert created.returncode == 0, created.stderr
+    admin_token = created.stdout.strip().splitlines()[-1]
+    allowed = run(*common, "--api-token", admin_token, "--allow-downgrade", env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "assigned                 │ 1" in allowed.stdout and "skipped (already active) │ 1" in allowed.stdout
+    [downgrade] = sim_server.api.get("/api/v1/devices/DG-PIN-NEW/assignments").json()
+    assert (downgrade["version"], downgrade["downgrade_from"]) == ("v1.0.0", "v2.0.0")
+
+
 def test_simulate_refuses_bad_faults_and_tokens(sim_server: SimServer) -> None:
     env = sim_server.proc.env
     bad = run("simulate", "--server", sim_server.url, "--api-token", sim_server.token, "--faults", "drop=7", env=env)

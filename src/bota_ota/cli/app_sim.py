@@ -170,6 +170,8 @@ async def _run(
     table = Table(title="Bluetooth update", show_header=False)
     table.add_row("outcome", outcome.outcome)
     table.add_row("offered", (outcome.offered or {}).get("reason") or "nothing")
+    if (outcome.offered or {}).get("message"):
+        table.add_row("note", str((outcome.offered or {})["message"]))
     if outcome.result:
         table.add_row("device answered", outcome.result)
     table.add_row("version before", outcome.version_before or "?")

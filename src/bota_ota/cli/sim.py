@@ -24,7 +24,7 @@ from bota_ota.sim.fleet import MODEL_CODES, Fleet, FleetConfig, provision
 from bota_ota.sim.mgmt import MgmtClient, MgmtError
 
 STATES = ("idle", "recording", "downloading", "verifying", "writing", "rebooting")
-STATUSES = ("pending", "delivered", "applied", "failed", "cancelled")
+STATUSES = ("pending", "delivered", "applied", "failed", "cancelled", "superseded")
 
 
 def _default_state_file(server: str, prefix: str, model: str) -> Path:
@@ -259,6 +259,14 @@ async def _simulate(
         console.print(summary_table(fleet, time.monotonic() - started))
 
 
+def _problem(r: httpx.Response) -> dict[str, object]:
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def assign(
     release: Annotated[str, typer.Option("--release", help="Release id.")],
     server: Annotated[str, typer.Option(help="Base URL of the bota-ota server.")] = "http://127.0.0.1:8000",
@@ -267,8 +275,16 @@ def assign(
     devices: Annotated[
         Path | None, typer.Option("--devices", help="File with one device id per line ('-' for stdin).")
     ] = None,
+    allow_downgrade: Annotated[
+        bool,
+        typer.Option(
+            "--allow-downgrade",
+            help="Also assign it to devices that report a newer version (a downgrade; admin token only, audited).",
+        ),
+    ] = False,
 ) -> None:
-    """Assign one release to many devices; devices with an active assignment are skipped and counted."""
+    """Assign one release to many devices; devices with an active assignment, or on a newer version (unless
+    --allow-downgrade), are skipped and counted."""
     if (model is None) == (devices is None):
         err_console.print("[red]error:[/red] give exactly one of --model or --devices")
         raise typer.Exit(2)
@@ -290,7 +306,14 @@ def assign(
             ids = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         else:
             ids = [d["id"] for d in mgmt.iter_devices(model=model)]
-        counts = {"assigned": 0, "skipped (already active)": 0, "wrong model": 0, "not found": 0, "other errors": 0}
+        counts = {
+            "assigned": 0,
+            "skipped (already active)": 0,
+            "skipped (newer version)": 0,
+            "wrong model": 0,
+            "not found": 0,
+            "other errors": 0,
+        }
         errors: list[str] = []
         with Progress(
             TextColumn(f"assigning {rel['version']}"),
@@ -302,7 +325,7 @@ def assign(
             task = progress.add_task("assign", total=len(ids))
             for device_id in ids:
                 try:
-                    r = mgmt.assign(device_id, release)
+                    r = mgmt.assign(device_id, release, allow_downgrade=allow_downgrade)
                 except httpx.HTTPError as exc:
                     counts["other errors"] += 1
                     errors.append(f"{device_id}: {exc!r}")
@@ -312,8 +335,12 @@ def assign(
                     counts["assigned"] += 1
                 elif r.status_code == 409:
                     counts["skipped (already active)"] += 1
+                elif r.status_code == 422 and "device_version" in _problem(r):
+                    counts["skipped (newer version)"] += 1  # a downgrade, refused without --allow-downgrade
                 elif r.status_code == 422:
                     counts["wrong model"] += 1
+                elif r.status_code == 403:
+                    raise MgmtError(r)  # every device would be refused the same way
                 elif r.status_code == 404:
                     counts["not found"] += 1
                 else:

@@ -56,3 +56,23 @@ def is_newer(candidate: str, current: str | None) -> bool:
         return parse_version(candidate).compare(parse_version(current)) > 0
     except InvalidVersion:
         return True
+
+
+def is_strictly_newer(candidate: str | None, current: str | None) -> bool:
+    """True only when both are semantic versions and candidate is newer: nothing unknown or unparsable
+    counts as newer (unlike ``is_newer``, which offers anything to a device whose version is unknown)."""
+    if not candidate or not current:
+        return False
+    try:
+        return parse_version(candidate).compare(parse_version(current)) > 0
+    except InvalidVersion:
+        return False
+
+
+def supersedes(reported: str, assigned: str, *, downgrade_from: str | None = None) -> bool:
+    """Whether a device reporting ``reported`` has moved past an assignment of ``assigned``: newer than it
+    and, for a downgrade an admin asked for, newer than the version the device was being downgraded from
+    (the device reporting that version again is what the downgrade expects, not a reason to drop it)."""
+    if not is_strictly_newer(reported, assigned):
+        return False
+    return downgrade_from is None or is_strictly_newer(reported, downgrade_from)

@@ -35,6 +35,7 @@ _SNAPSHOT = (
         Assignment.delivery_expires_at,
         Assignment.release_id,
         Assignment.held,
+        Assignment.downgrade_from,
         Artifact.storage_key,
         Artifact.size,
         Artifact.crc32,
@@ -72,6 +73,7 @@ def _snapshot(row: Row[Any] | Any | None) -> DeviceSnapshot | None:
             delivery_expires_at=row.delivery_expires_at,
             release_id=row.release_id,
             held=bool(row.held),
+            downgrade_from=row.downgrade_from,
         )
     bin_ref = None
     if row.storage_key is not None:

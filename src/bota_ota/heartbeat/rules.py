@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from bota_ota.firmware.versions import versions_equal
+from bota_ota.firmware.versions import supersedes, versions_equal
 from bota_ota.heartbeat.schemas import Heartbeat, OtaReport
 
 # While the device says it is verifying, writing or rebooting, a download URL is of no use to it.
 NO_MANIFEST_STATES = frozenset({"verifying", "writing", "rebooting"})
 
-Outcome = Literal["none", "apply", "fail", "hold", "withheld", "defer", "deliver", "redeliver", "resend"]
-RECORDED_OUTCOMES = frozenset({"apply", "fail", "deliver", "redeliver"})
+Outcome = Literal["none", "apply", "supersede", "fail", "hold", "withheld", "defer", "deliver", "redeliver", "resend"]
+RECORDED_OUTCOMES = frozenset({"apply", "supersede", "fail", "deliver", "redeliver"})
 MANIFEST_OUTCOMES = frozenset({"deliver", "redeliver", "resend"})
 
 
@@ -46,6 +46,7 @@ class AssignmentView:
     delivery_expires_at: datetime | None
     release_id: str
     held: bool  # its rollout is paused: a pending assignment is not delivered
+    downgrade_from: str | None = None  # a downgrade an admin allowed: the version the device was on then
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ class AssignmentState(Protocol):
     def delivery_expires_at(self) -> datetime | None: ...
     @property
     def held(self) -> bool: ...
+    @property
+    def downgrade_from(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class Plan:
     material: bool  # telemetry that is written at once (see material_change)
     progress: OtaReport | None  # a change of reported progress to record
     outcome: Outcome
-    # none: no active assignment · apply / fail: final · hold: no manifest while verifying/writing/rebooting
+    # none: no active assignment · apply / supersede / fail: final (supersede: the device reports a newer
+    # version than the assignment's) · hold: no manifest while verifying/writing/rebooting
     # withheld: pending and held (its rollout is paused): no manifest, nothing recorded · defer: recording
     # deliver: pending → delivered · redeliver: manifest again, recorded because the last recorded URL has
     # expired · resend: manifest again with a fresh URL, nothing recorded
@@ -132,6 +136,10 @@ def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: 
         return Plan(material, None, "none")
     if versions_equal(hb.firmware_version, assignment.version):
         return Plan(material, None, "apply")
+    if supersedes(hb.firmware_version, assignment.version, downgrade_from=assignment.downgrade_from):
+        # The device moved past it (installed a newer release some other way): delivering it now would
+        # send the device back. Held or not, whatever its progress says.
+        return Plan(material, None, "supersede")
     report = hb.ota if hb.ota is not None and hb.ota.assignment_id == assignment.id else None
     progress = None
     only = False

@@ -73,6 +73,9 @@ def _record(assignment: Assignment, hb: Heartbeat, plan: Plan, manifest: OtaMani
     if plan.outcome == "apply":
         service.mark_applied(assignment, reported_version=hb.firmware_version, channel="http")
         return
+    if plan.outcome == "supersede":
+        service.mark_superseded(assignment, reported_version=hb.firmware_version, channel="http")
+        return
     if plan.outcome == "fail":
         assert hb.ota is not None
         service.mark_failed(assignment, error=(hb.ota.error or "unknown").strip() or "unknown", channel="http")

@@ -60,11 +60,27 @@ class UfwRelease(BaseModel):
     expires_at: datetime
 
 
+class AssignedUpdate(BaseModel):
+    """The device's active assignment, as the app is told of it."""
+
+    id: str
+    version: str
+    status: Literal["pending", "delivered"]
+    over_ble: bool = Field(
+        description="Whether the app can install it: its release has a .ufw. If false, only the device itself "
+        "can, over WiFi/4G (HTTP OTA)"
+    )
+
+
 class FirmwareUpdate(BaseModel):
-    update_available: bool
-    reason: Literal["assignment", "newer_release"] | None
+    update_available: bool = Field(description="True when `release` is a .ufw for the app to install over BLE")
+    reason: Literal["assignment", "assignment_http_only", "newer_release"] | None
     assignment_id: str | None
     release: UfwRelease | None
+    assignment: AssignedUpdate | None = Field(
+        None, description="The device's active assignment, if any (not a held one), whether or not it has a .ufw"
+    )
+    message: str | None = Field(None, description="For people: why no release is offered while one is assigned")
 
 
 class BleMode(InputModel):

@@ -20,7 +20,7 @@ from bota_ota.firmware.models import Release
 from bota_ota.firmware.versions import is_newer, version_sort_key
 from bota_ota.heartbeat.presence import apply_telemetry
 from bota_ota.heartbeat.schemas import Heartbeat
-from bota_ota.mobile.schemas import AppDevice, BleOta, FirmwareUpdate, UfwRelease
+from bota_ota.mobile.schemas import AppDevice, AssignedUpdate, BleOta, FirmwareUpdate, UfwRelease
 from bota_ota.ota import service as ota
 from bota_ota.ota.models import Assignment
 from bota_ota.storage import BlobStore
@@ -157,31 +157,60 @@ def _no_update() -> FirmwareUpdate:
 
 
 def firmware_update(session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int) -> FirmwareUpdate:
-    """What the app should offer: an active assignment's .ufw first, else the newest newer released .ufw.
+    """What the app should offer: the active assignment's .ufw, else the newest newer released .ufw.
+
+    While the device has an active assignment no other release is offered: one installed meanwhile would
+    be overwritten by the assignment, or, newer than it, supersede it. An assignment whose release has no
+    .ufw is told of (``assignment_http_only``): only the device itself can install it, over WiFi/4G.
 
     A held assignment (pending, its rollout paused) is not offered, and nothing else is offered instead: its
     release offered as a newer release would deliver it after all, and another release installed meanwhile
     would be overwritten by the assignment once the rollout resumes. A delivered assignment is offered even
     if held (only pending ones are held; a transfer under way may finish)."""
-    reason: Literal["assignment", "newer_release"] | None = None
-    assignment_id: str | None = None
-    release: Release | None = None
     active = ota.active_assignment(session, device.id)
     if active is not None and is_held(active):
         return _no_update()
     if active is not None:
-        candidate = session.get(Release, active.release_id)
-        if candidate is not None and candidate.artifact("ufw") is not None:
-            reason, assignment_id, release = "assignment", active.id, candidate
-    if release is None:
-        released = session.scalars(
-            select(Release).where(Release.model == device.model, Release.released.is_(True))
-        ).all()
-        newer = [r for r in released if r.artifact("ufw") is not None and is_newer(r.version, device.firmware_version)]
-        if newer:
-            reason, release = "newer_release", max(newer, key=lambda r: version_sort_key(r.version))
-    if release is None:
+        if ota.superseded_by_version(active, device.firmware_version or ""):
+            # Older than what the device runs, and not a downgrade an admin asked for: never offered (its
+            # next report ends it as superseded).
+            return _no_update()
+        release = session.get(Release, active.release_id)
+        ufw = release.artifact("ufw") if release is not None else None
+        notice = AssignedUpdate(
+            id=active.id,
+            version=active.version,
+            status="delivered" if active.status == "delivered" else "pending",
+            over_ble=ufw is not None,
+        )
+        if release is None or ufw is None:
+            return FirmwareUpdate(
+                update_available=False,
+                reason="assignment_http_only",
+                assignment_id=active.id,
+                release=None,
+                assignment=notice,
+                message=f"{active.version} is assigned to this device and can only be installed over WiFi/4G: "
+                "the device downloads it by itself when it is online. There is nothing to install over Bluetooth.",
+            )
+        return _offer(release, "assignment", store, base_url=base_url, ttl_s=ttl_s, assignment=notice)
+    released = session.scalars(select(Release).where(Release.model == device.model, Release.released.is_(True))).all()
+    newer = [r for r in released if r.artifact("ufw") is not None and is_newer(r.version, device.firmware_version)]
+    if not newer:
         return _no_update()
+    newest = max(newer, key=lambda r: version_sort_key(r.version))
+    return _offer(newest, "newer_release", store, base_url=base_url, ttl_s=ttl_s, assignment=None)
+
+
+def _offer(
+    release: Release,
+    reason: Literal["assignment", "newer_release"],
+    store: BlobStore,
+    *,
+    base_url: str,
+    ttl_s: int,
+    assignment: AssignedUpdate | None,
+) -> FirmwareUpdate:
     ufw = release.artifact("ufw")
     assert ufw is not None
     signed = store.signed_get_url(
@@ -190,7 +219,7 @@ def firmware_update(session: Session, device: Device, store: BlobStore, *, base_
     return FirmwareUpdate(
         update_available=True,
         reason=reason,
-        assignment_id=assignment_id,
+        assignment_id=assignment.id if assignment is not None else None,
         release=UfwRelease(
             id=release.id,
             version=release.version,
@@ -200,6 +229,7 @@ def firmware_update(session: Session, device: Device, store: BlobStore, *, base_
             url=signed.url,
             expires_at=signed.expires_at,
         ),
+        assignment=assignment,
     )
 
 
@@ -207,19 +237,26 @@ def firmware_update(session: Session, device: Device, store: BlobStore, *, base_
 
 
 def relay(session: Session, device: Device, hb: Heartbeat, *, actor: str) -> None:
-    """A heartbeat relayed by the app. Records status; never delivers, never moves a pending assignment.
+    """A heartbeat relayed by the app. Records status; never delivers, never applies a pending assignment.
 
-    A delivered assignment (a BLE transfer started) is applied when the relayed version matches it.
+    A delivered assignment (a BLE transfer started) is applied when the relayed version matches it. An
+    active one, pending or delivered, is superseded when the relayed version is newer than its own.
     """
     if not device.ble_connected:
         record_device_event(session, device.id, "ble.connected", actor=actor)
     apply_telemetry(device, hb, via_ble=True)
     device.ble_last_relay_at = utcnow()
     active = ota.active_assignment(session, device.id, lock=True)
-    if active is not None and active.status == "delivered" and ota.applied_by_version(active, hb.firmware_version):
-        # The event's channel says how the version was reported (as the heartbeat's says "http"); the
-        # assignment keeps the channel it was delivered on.
+    if active is None:
+        return
+    # The event's channel says how the version was reported (as the heartbeat's says "http"); the
+    # assignment keeps the channel it was delivered on.
+    if active.status == "delivered" and ota.applied_by_version(active, hb.firmware_version):
         ota.mark_applied(active, reported_version=hb.firmware_version, channel="ble", actor=actor)
+    elif ota.superseded_by_version(active, hb.firmware_version):
+        # The device moved past it (e.g. a newer release installed over Bluetooth): the heartbeat must not
+        # bring it back to this older version.
+        ota.mark_superseded(active, reported_version=hb.firmware_version, channel="ble", actor=actor)
 
 
 def set_ble_mode(session: Session, device: Device, connected: bool, *, actor: str) -> None:

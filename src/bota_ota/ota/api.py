@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from bota_ota.accounts.deps import Operator, Viewer
+from bota_ota.core.errors import Forbidden
 from bota_ota.devices import groups
 from bota_ota.devices import service as devices
 from bota_ota.devices.schemas import (
@@ -47,8 +48,16 @@ groups_router = APIRouter(prefix="/api/v1/groups", tags=["groups"])
 def create_assignment(
     device_id: str, body: AssignmentCreate, session: SessionDep, principal: Operator
 ) -> AssignmentOut:
+    if body.allow_downgrade and not principal.has_role("admin"):
+        raise Forbidden(
+            f"allow_downgrade needs the admin role; your token has {principal.role}", field="allow_downgrade"
+        )
     assignment = service.create_assignment(
-        session, device_id=device_id, release_id=body.release_id, actor=principal.actor
+        session,
+        device_id=device_id,
+        release_id=body.release_id,
+        actor=principal.actor,
+        allow_downgrade=body.allow_downgrade,
     )
     return AssignmentOut.model_validate(assignment)
 

@@ -8,9 +8,10 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
 
-ASSIGNMENT_STATUSES = ("pending", "delivered", "applied", "failed", "cancelled")
+ASSIGNMENT_STATUSES = ("pending", "delivered", "applied", "failed", "cancelled", "superseded")
 ACTIVE_STATUSES = ("pending", "delivered")
-FINAL_STATUSES = ("applied", "failed", "cancelled")
+# superseded: the device reported a newer version than the assignment's, so it is never delivered again.
+FINAL_STATUSES = ("applied", "failed", "cancelled", "superseded")
 
 _ACTIVE_WHERE = text("status IN ('pending', 'delivered')")
 
@@ -20,7 +21,7 @@ class Assignment(Base):
 
     __tablename__ = "assignments"
     __table_args__ = (
-        CheckConstraint("status in ('pending','delivered','applied','failed','cancelled')", name="status"),
+        CheckConstraint("status in ('pending','delivered','applied','failed','cancelled','superseded')", name="status"),
         # The "one active assignment per device" rule lives in the database, so two concurrent requests
         # can never both succeed.
         Index(
@@ -55,6 +56,10 @@ class Assignment(Base):
     # a held assignment is not delivered, over HTTP or offered in the app, until released.
     rollout_id: Mapped[str | None] = mapped_column(ForeignKey("rollouts.id", ondelete="SET NULL"), index=True)
     held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Set only when an admin assigned a release older than the device's reported version (allow_downgrade):
+    # the version it reported then. Written once, at creation (the cache triggers need not watch it). The
+    # device reporting that version again does not supersede the downgrade; a version newer than it does.
+    downgrade_from: Mapped[str | None] = mapped_column(String(64))
 
     events: Mapped[list[AssignmentEvent]] = relationship(
         back_populates="assignment", cascade="all, delete-orphan", order_by="AssignmentEvent.seq"

@@ -7,11 +7,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bota_ota.core.schemas import InputModel
 
-AssignmentStatus = Literal["pending", "delivered", "applied", "failed", "cancelled"]
+AssignmentStatus = Literal["pending", "delivered", "applied", "failed", "cancelled", "superseded"]
 
 
 class AssignmentCreate(InputModel):
     release_id: str = Field(min_length=1, max_length=64)
+    allow_downgrade: bool = Field(
+        False,
+        description="Admins only: assign a release older than the version the device reports (audited). "
+        "Without it such a release is refused with 422.",
+    )
 
 
 class AssignmentSummary(BaseModel):
@@ -45,6 +50,9 @@ class AssignmentOut(BaseModel):
     progress: int | None
     rollout_id: str | None = Field(None, description="The rollout that made it, if any")
     held: bool = Field(False, description="Held while its rollout is paused: not delivered until resumed")
+    downgrade_from: str | None = Field(
+        None, description="For a downgrade an admin allowed: the version the device reported when it was made"
+    )
 
 
 class EventOut(BaseModel):

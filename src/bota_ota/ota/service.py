@@ -4,9 +4,13 @@
        │  ╲                                   │  ╲
        │   ╲──version reported──► applied     │   ╲──ota.state=failed──► failed
        │                                      │
-       └──cancel──► cancelled ◄──cancel───────┘
+       ├──cancel──► cancelled ◄──cancel───────┤
+       │                                      │
+       └──newer version──► superseded ◄───────┘
+          reported (heartbeat or app relay)
 
-applied, failed and cancelled are final. See docs/architecture.md.
+applied, failed, cancelled and superseded are final. A release older than the device's reported version
+is assigned only when an admin allows the downgrade. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.devices.models import Device
 from bota_ota.firmware.models import Release
-from bota_ota.firmware.versions import versions_equal
+from bota_ota.firmware.versions import is_strictly_newer, supersedes, versions_equal
 from bota_ota.ota.models import (
     ACTIVE_STATUSES,
     ASSIGNMENT_STATUSES,
@@ -67,7 +71,12 @@ def active_assignment(session: Session, device_id: str, *, lock: bool = False) -
     return session.scalar(query)
 
 
-def create_assignment(session: Session, *, device_id: str, release_id: str, actor: str) -> Assignment:
+def create_assignment(
+    session: Session, *, device_id: str, release_id: str, actor: str, allow_downgrade: bool = False
+) -> Assignment:
+    """A pending assignment. A release older than the device's reported version is refused (422) unless
+    ``allow_downgrade`` (the caller has checked that an admin asks); the same version is allowed (it is
+    applied on the next heartbeat)."""
     device = session.get(Device, device_id)
     if device is None:
         raise NotFound(f"device {device_id} not found")
@@ -86,6 +95,14 @@ def create_assignment(session: Session, *, device_id: str, release_id: str, acto
             "(it can still be installed over Bluetooth from the app)",
             field="release_id",
         )
+    downgrade_from = device.firmware_version if is_strictly_newer(device.firmware_version, release.version) else None
+    if downgrade_from is not None and not allow_downgrade:
+        raise ValidationFailed(
+            f"release {release.version} is older than {downgrade_from}, the version device {device.id} reports: "
+            'assigning it would downgrade the device. Only an admin may, with "allow_downgrade": true',
+            field="release_id",
+            device_version=downgrade_from,
+        )
     existing = active_assignment(session, device.id)
     if existing is not None:
         raise _already_active(device.id, existing)
@@ -97,8 +114,10 @@ def create_assignment(session: Session, *, device_id: str, release_id: str, acto
         status="pending",
         created_by=actor,
         created_at=utcnow(),
+        downgrade_from=downgrade_from,
     )
-    add_event(assignment, "created", actor=actor, release_id=release.id, version=release.version)
+    downgrade = {"downgrade": {"from": downgrade_from, "to": release.version}} if downgrade_from else {}
+    add_event(assignment, "created", actor=actor, release_id=release.id, version=release.version, **downgrade)
     # The partial unique index is the real guard: of two concurrent requests only one insert lands.
     insert_or_raise(session, assignment, lambda: _already_active(device.id, active_assignment(session, device.id)))
     audit.record(
@@ -107,7 +126,7 @@ def create_assignment(session: Session, *, device_id: str, release_id: str, acto
         action="assignment.create",
         target_type="assignment",
         target_id=assignment.id,
-        detail={"device_id": device.id, "release_id": release.id, "version": release.version},
+        detail={"device_id": device.id, "release_id": release.id, "version": release.version, **downgrade},
     )
     return assignment
 
@@ -195,6 +214,15 @@ def mark_applied(assignment: Assignment, *, reported_version: str, channel: str,
     add_event(assignment, "applied", actor=actor, reported_version=reported_version, channel=channel)
 
 
+def mark_superseded(assignment: Assignment, *, reported_version: str, channel: str, actor: str | None = None) -> None:
+    """The device reports a version newer than the assignment's: it has moved past it, and the assignment
+    is never delivered again (delivering it now would be a downgrade nobody asked for)."""
+    assignment.status = "superseded"
+    assignment.finished_at = utcnow()
+    assignment.ota_state = None
+    add_event(assignment, "superseded", actor=actor, reported_version=reported_version, channel=channel)
+
+
 def mark_failed(assignment: Assignment, *, error: str, channel: str, actor: str | None = None) -> None:
     assignment.status = "failed"
     assignment.finished_at = utcnow()
@@ -205,6 +233,12 @@ def mark_failed(assignment: Assignment, *, error: str, channel: str, actor: str 
 
 def applied_by_version(assignment: Assignment, firmware_version: str) -> bool:
     return versions_equal(firmware_version, assignment.version)
+
+
+def superseded_by_version(assignment: Assignment, firmware_version: str) -> bool:
+    """Semantically newer than the assignment's version (and than the version an admin's downgrade started
+    from); an unparsable version never supersedes."""
+    return supersedes(firmware_version, assignment.version, downgrade_from=assignment.downgrade_from)
 
 
 def count_by_status(session: Session) -> dict[str, int]:

@@ -15,6 +15,7 @@ from bota_ota.core.settings import Settings
 from bota_ota.devices import service as device_service
 from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DeviceFilter, TagsUpdate
 from bota_ota.firmware import service as firmware
+from bota_ota.firmware.versions import is_strictly_newer
 from bota_ota.ota import fleet
 from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ASSIGNMENT_STATUSES
@@ -126,7 +127,11 @@ def _device_page(session: Session, settings: Settings, device_id: str, tab: str)
     device = ctx["device"]
     ctx.update(tab=tab, error=None, tag_errors={}, tags_value=", ".join(device.tags))
     if tab == "ota":
-        ctx["releases"] = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
+        # A release older than the device's reported version is not offered: a downgrade needs an admin and
+        # "allow_downgrade" (the API or `bota-ota assign --allow-downgrade`).
+        releases = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
+        ctx["releases"] = [r for r in releases if not is_strictly_newer(device.firmware_version, r.version)]
+        ctx["older_hidden"] = len(releases) - len(ctx["releases"])
         history, _ = ota_service.list_assignments(session, device_id=device.id, limit=50)
         ctx["history"] = history
         ctx["events"] = {a.id: ota_service.get_assignment(session, a.id, with_events=True).events for a in history[:10]}

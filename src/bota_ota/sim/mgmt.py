@@ -55,8 +55,11 @@ class MgmtClient:
     def get_release(self, release_id: str) -> dict[str, Any]:
         return dict(self._check(self.http.get(f"/api/v1/firmware/{release_id}")).json())
 
-    def assign(self, device_id: str, release_id: str) -> httpx.Response:
-        return self.http.post(f"/api/v1/devices/{device_id}/assignments", json={"release_id": release_id})
+    def assign(self, device_id: str, release_id: str, *, allow_downgrade: bool = False) -> httpx.Response:
+        body: dict[str, Any] = {"release_id": release_id}
+        if allow_downgrade:
+            body["allow_downgrade"] = True
+        return self.http.post(f"/api/v1/devices/{device_id}/assignments", json=body)
 
     def count_assignments(self, status: str, *, release_id: str | None = None) -> int:
         """Assignments with this status: on the whole server, or only those of one release."""
