@@ -123,7 +123,7 @@ def seed(portal: Portal) -> Fleet:
         if step == 3:
             portal.heartbeat(tokens[device_id], "v1.1.0")  # applied
         if step == 4 and n % 2:
-            failure = {"assignment_id": assignment, "state": "failed", "error": "low_battery"}
+            failure = {"assignment_id": assignment, "state": "failed", "error": "crc_mismatch"}
             portal.heartbeat(tokens[device_id], "v1.0.1", ota=failure)
     for device_id in [d for d in tokens if d.startswith("BPP-")][:3]:
         device_on(device_id, "v2.0.0")

@@ -198,4 +198,4 @@ def test_readme_curl_walkthrough_works_as_printed(server: ServerProcess, tmp_pat
     assert [e["kind"] for e in failed["events"]] == ["created", "delivered", "failed"]
     assert cancelled["status"] == "cancelled"
     assert [e["kind"] for e in cancelled["events"]] == ["created", "cancelled"]
-    assert replies[-1] == {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None}
+    assert replies[-1] == {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None, "ota_abort": None}

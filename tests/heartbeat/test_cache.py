@@ -100,7 +100,7 @@ def test_a_cached_routine_heartbeat_runs_no_sql(admin: ApiClient, app: Any) -> N
     statements.clear()
     for battery in (71, 72, 73):
         r = heartbeat(admin.client, dev["token"], firmware_version="v1.0.0", battery=battery)
-        assert r.json() == {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None}
+        assert r.json() == {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None, "ota_abort": None}
     assert statements.seen == []
     assert cache.hits == hits + 3
     assert app.state.heartbeat.buffer.peek(dev["id"]).battery == 73  # the readings still go to the buffer

@@ -146,13 +146,15 @@ def test_recording_defers_delivery_then_not_recording_delivers(admin: ApiClient,
         assert reply["ota"] is None
         assert reply["ota_deferred"] == "recording"
         assert _assignment(admin, aid)["status"] == "pending"
-    assert _kinds(admin, aid) == ["created"]
+    assert _kinds(admin, aid) == ["created", "deferred"]  # the reason is recorded once, not per heartbeat
+    assert _assignment(admin, aid)["deferred"] == "recording"
     assert admin.get(f"/api/v1/devices/{setup['device']['id']}").json()["recording"] is True
 
     reply = heartbeat(admin.client, setup["token"], recording=False).json()
     assert reply["ota"]["assignment_id"] == aid
     assert reply.get("ota_deferred") is None
     assert _assignment(admin, aid)["status"] == "delivered"
+    assert _assignment(admin, aid)["deferred"] is None
     assert admin.get(f"/api/v1/devices/{setup['device']['id']}").json()["recording"] is False
 
 
@@ -276,13 +278,23 @@ def test_failed_keeps_the_error(admin: ApiClient, setup: dict[str, Any]) -> None
     assert admin.get(f"/api/v1/devices/{setup['device']['id']}").json()["active_assignment"] is None
 
 
-def test_failed_without_error_text_still_fails(admin: ApiClient, setup: dict[str, Any]) -> None:
+def test_failed_without_error_text_ends_an_attempt_as_unknown(admin: ApiClient, setup: dict[str, Any]) -> None:
     aid = setup["assignment"]["id"]
     heartbeat(admin.client, setup["token"])
     heartbeat(admin.client, setup["token"], ota={"assignment_id": aid, "state": "failed"})
     a = _assignment(admin, aid)
-    assert a["status"] == "failed"
-    assert a["error"] == "unknown"  # docs/device-protocol.md
+    # docs/device-protocol.md: "unknown" is not a final error, so it ends one attempt of max_attempts.
+    assert (a["status"], a["error"], a["attempts"]) == ("pending", "unknown", 1)
+    assert a["retry_at"] is not None
+    assert heartbeat(admin.client, setup["token"]).json()["ota_deferred"] == "retry_wait"
+
+
+def test_a_final_error_fails_at_once(admin: ApiClient, setup: dict[str, Any]) -> None:
+    aid = setup["assignment"]["id"]
+    heartbeat(admin.client, setup["token"])
+    heartbeat(admin.client, setup["token"], ota={"assignment_id": aid, "state": "failed", "error": "crc_mismatch"})
+    a = _assignment(admin, aid)
+    assert (a["status"], a["error"], a["attempts"]) == ("failed", "crc_mismatch", 0)
 
 
 def test_downloading_progress_gets_a_fresh_manifest(admin: ApiClient, setup: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from tests.support.factories import ApiClient, firmware_bytes, heartbeat
 from tests.support.heartbeat_cache import listening_cache, outside_sql, settle, until
 from tests.support.statements import Statements
 
-NO_OTA = {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None}
+NO_OTA = {"heartbeat_interval_s": 60, "ota": None, "ota_deferred": None, "ota_abort": None}
 
 sqlite_only = pytest.mark.skipif(bool(PG_URL), reason="SQLite's change counter")
 
@@ -91,7 +91,7 @@ def test_a_held_assignment_is_not_deferred_while_recording(
     assert heartbeat(admin.client, setup["token"], recording=True).json() == NO_OTA
     _set_held(sessions, setup["assignment"]["id"], False)
     assert heartbeat(admin.client, setup["token"], recording=True).json()["ota_deferred"] == "recording"
-    assert _detail(admin, setup["assignment"]["id"]) == ("pending", ["created"])
+    assert _detail(admin, setup["assignment"]["id"]) == ("pending", ["created", "deferred"])
 
 
 def test_a_held_assignment_still_applies_when_the_device_reports_its_version(
@@ -137,7 +137,7 @@ def test_an_assignment_held_by_this_instance_is_not_delivered_from_its_cache(
     _set_held(sessions, setup["assignment"]["id"], True)
     assert not cache.holds(setup["device"]["id"]), "this instance's own commit drops the device at once"
     assert heartbeat(admin.client, setup["token"]).json() == NO_OTA
-    assert _detail(admin, setup["assignment"]["id"]) == ("pending", ["created"])
+    assert _detail(admin, setup["assignment"]["id"]) == ("pending", ["created", "deferred"])
 
 
 def test_an_assignment_held_elsewhere_is_not_delivered_from_the_cache_and_released_it_is(
@@ -156,13 +156,13 @@ def test_an_assignment_held_elsewhere_is_not_delivered_from_the_cache_and_releas
     statements = Statements(app.state.ctx.engine)
     assert heartbeat(admin.client, setup["token"]).json() == NO_OTA
     assert statements.seen == [], "a held assignment keeps the heartbeat routine: answered from the cache"
-    assert _detail(admin, assignment_id) == ("pending", ["created"])
+    assert _detail(admin, assignment_id) == ("pending", ["created", "deferred"])
 
     _set_held_outside(app, assignment_id, False)
     until(lambda: not cache.holds(device_id), "the release to reach the cache")
     manifest = heartbeat(admin.client, setup["token"]).json()["ota"]
     assert manifest is not None and manifest["assignment_id"] == assignment_id
-    assert _detail(admin, assignment_id) == ("delivered", ["created", "delivered"])
+    assert _detail(admin, assignment_id) == ("delivered", ["created", "deferred", "delivered"])
 
 
 @pytest.fixture
@@ -183,4 +183,4 @@ def test_a_stale_cache_entry_cannot_deliver_a_held_assignment(
     _set_held_outside(app, assignment_id, True)
     assert cache.holds(device_id), "no periodic check in this test: the entry still says not held"
     assert heartbeat(admin.client, setup["token"]).json() == NO_OTA  # recording ended: planned "deliver" first
-    assert _detail(admin, assignment_id) == ("pending", ["created"])
+    assert _detail(admin, assignment_id) == ("pending", ["created", "deferred"])

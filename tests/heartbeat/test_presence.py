@@ -168,7 +168,9 @@ def test_applied_and_failed_are_written_at_once(admin: ApiClient, known_device: 
     first = admin.assign(known_device["id"], release["id"]).json()
     heartbeat(admin.client, known_device["token"])
     heartbeat(
-        admin.client, known_device["token"], ota={"assignment_id": first["id"], "state": "failed", "error": "flash"}
+        admin.client,
+        known_device["token"],
+        ota={"assignment_id": first["id"], "state": "failed", "error": "crc_mismatch"},
     )
     assert admin.get(f"/api/v1/assignments/{first['id']}").json()["status"] == "failed"
     second = admin.assign(known_device["id"], release["id"]).json()

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from bota_ota.core.errors import NotFound
+from bota_ota.firmware.policy import Deferral, DeliveryPolicy
 from bota_ota.heartbeat.presence import PendingTelemetry, TelemetryBuffer
 from bota_ota.heartbeat.reply import HeartbeatCall, ManifestSigner, build_reply, routine_reply
 from bota_ota.heartbeat.rules import (
@@ -36,6 +37,7 @@ EARLIER = NOW - timedelta(minutes=1)
 LATER = NOW + timedelta(minutes=10)
 
 ASG = "asg-1"
+REC = "recording"
 BIN = BinRef(storage_key="firmware/acme-v1.1.0.bin", size=123_456, crc32=0xDEADBEEF, sha256="ab" * 32)
 
 
@@ -329,19 +331,22 @@ def test_hold_wins_over_recording(state: str) -> None:
 # --- Step 5: recording → no manifest, the assignment stays where it is. -------------------------------------
 
 DEFER = [
-    pytest.param(device(recording=True), pending(), hb(recording=True), Plan(False, None, "defer"), False,
-                 id="pending-recording"),
-    pytest.param(device(), pending(), hb(recording=True), Plan(True, None, "defer"), True,
-                 id="pending-recording-starts"),
-    pytest.param(device(recording=True), delivered(), hb(recording=True), Plan(False, None, "defer"), False,
-                 id="delivered-recording"),
-    pytest.param(device(recording=True), delivered(delivery_expires_at=EARLIER), hb(recording=True),
-                 Plan(False, None, "defer"), False, id="delivered-recording-url-expired"),
-    pytest.param(device(recording=True), delivered(), hb(recording=True, ota=DL_0), Plan(False, DL_0, "defer"), True,
-                 id="delivered-recording-progress-recorded"),
-    pytest.param(device(recording=True), delivered(ota_state="downloading", progress=40),
-                 hb(recording=True, ota=DL_55), Plan(False, DL_55, "defer", True), False,
+    # The reason is recorded once, when it changes (deferral_changed: a write); while it holds, nothing is.
+    pytest.param(device(recording=True), pending(deferred=REC), hb(recording=True), Plan(False, None, "defer",
+                 deferral=REC), False, id="pending-recording"),
+    pytest.param(device(), pending(), hb(recording=True), Plan(True, None, "defer", deferral=REC,
+                 deferral_changed=True), True, id="pending-recording-starts"),
+    pytest.param(device(recording=True), delivered(deferred=REC), hb(recording=True), Plan(False, None, "defer",
+                 deferral=REC), False, id="delivered-recording"),
+    pytest.param(device(recording=True), delivered(delivery_expires_at=EARLIER, deferred=REC), hb(recording=True),
+                 Plan(False, None, "defer", deferral=REC), False, id="delivered-recording-url-expired"),
+    pytest.param(device(recording=True), delivered(deferred=REC), hb(recording=True, ota=DL_0),
+                 Plan(False, DL_0, "defer", deferral=REC), True, id="delivered-recording-progress-recorded"),
+    pytest.param(device(recording=True), delivered(ota_state="downloading", progress=40, deferred=REC),
+                 hb(recording=True, ota=DL_55), Plan(False, DL_55, "defer", True, deferral=REC), False,
                  id="delivered-recording-percent-only"),
+    pytest.param(device(), delivered(deferred=REC), hb(), Plan(False, None, "resend", deferral_changed=True), True,
+                 id="recording-ends-reason-cleared"),
 ]  # fmt: skip
 
 
@@ -398,8 +403,8 @@ HELD = [
                  Plan(False, None, "hold"), False, id="delivered-held-writing"),
     pytest.param(device(), delivered(held=True, ota_state="downloading"), hb(ota=report("failed")),
                  Plan(False, None, "fail"), True, id="delivered-held-fails"),
-    pytest.param(device(recording=True), delivered(held=True), hb(recording=True), Plan(False, None, "defer"),
-                 False, id="delivered-held-recording-deferred"),
+    pytest.param(device(recording=True), delivered(held=True, deferred=REC), hb(recording=True),
+                 Plan(False, None, "defer", deferral=REC), False, id="delivered-held-recording-deferred"),
     pytest.param(device(), delivered(held=True), hb("v1.1.0"), Plan(True, None, "apply"), True,
                  id="delivered-held-applies"),
 ]  # fmt: skip
@@ -439,7 +444,8 @@ def test_redeliver_or_resend(asg: AssignmentView, ota: OtaReport | None, outcome
     check(device(), asg, hb(ota=ota), Plan(False, None, outcome), writes=outcome == "redeliver")
 
 
-# --- Reports naming another assignment (old, cancelled) are ignored. ----------------------------------------
+# --- Reports naming another assignment (old, cancelled) are ignored; one still downloading or verifying
+# it is told to stop (ota_abort), whatever happens to the active one. --------------------------------------
 
 STALE = [
     pytest.param(delivered(), "failed", "resend", id="failed-url-valid"),
@@ -454,7 +460,20 @@ STALE = [
 @pytest.mark.parametrize(("asg", "state", "outcome"), STALE)
 def test_report_for_other_assignment_is_ignored(asg: AssignmentView, state: str, outcome: Outcome) -> None:
     beat = hb(ota=report(state, 90, assignment_id="asg-old"))
-    check(device(), asg, beat, Plan(False, None, outcome), writes=outcome in {"deliver", "redeliver"})
+    abort = "asg-old" if state in {"downloading", "verifying"} else None
+    check(device(), asg, beat, Plan(False, None, outcome, abort=abort), writes=outcome in {"deliver", "redeliver"})
+
+
+@pytest.mark.parametrize("state", ["downloading", "verifying"])
+def test_a_device_working_on_an_ended_assignment_is_told_to_abort(state: str) -> None:
+    # No active assignment at all (the only one was cancelled): the report still gets an abort.
+    beat = hb(ota=report(state, 30, assignment_id="asg-old"))
+    check(device(), None, beat, Plan(False, None, "none", abort="asg-old"), writes=False)
+
+
+@pytest.mark.parametrize("state", ["writing", "rebooting", "failed"])
+def test_too_late_or_already_stopped_gets_no_abort(state: str) -> None:
+    check(device(), None, hb(ota=report(state, assignment_id="asg-old")), Plan(False, None, "none"), writes=False)
 
 
 # --- build_reply: what a plan's outcome puts in the reply. --------------------------------------------------
@@ -492,14 +511,15 @@ NO_MANIFEST = [
     pytest.param("hold", None, id="hold"),
     pytest.param("withheld", None, id="withheld"),
     pytest.param("defer", "recording", id="defer"),
+    pytest.param("defer", "battery_low", id="defer-battery"),
 ]
 
 
 @pytest.mark.parametrize(("outcome", "deferred"), NO_MANIFEST)
 def test_reply_without_manifest(
-    outcome: Outcome, deferred: str | None, signer: ManifestSigner, base_url: CountingBaseUrl
+    outcome: Outcome, deferred: Deferral | None, signer: ManifestSigner, base_url: CountingBaseUrl
 ) -> None:
-    reply = build_reply(delivered(), BIN, Plan(False, None, outcome), signer, 60)
+    reply = build_reply(delivered(), BIN, Plan(False, None, outcome, deferral=deferred), signer, 60)
     assert reply.heartbeat_interval_s == 60
     assert reply.ota is None
     assert reply.ota_deferred == deferred
@@ -539,7 +559,10 @@ ROUTINE = [
     # Nothing to write: a reply now, the telemetry (and a moved percentage) into the buffer.
     pytest.param(device(), hb(), "none", False, None, id="no-assignment"),
     pytest.param(device(assignment=delivered()), hb(), "resend", False, None, id="resend"),
-    pytest.param(device(recording=True, assignment=pending()), hb(recording=True), "defer", False, None, id="defer"),
+    pytest.param(device(recording=True, assignment=pending(deferred=REC)), hb(recording=True), "defer", False, None,
+                 id="defer"),
+    pytest.param(device(recording=True, assignment=pending()), hb(recording=True), "defer", True, None,
+                 id="defer-reason-recorded-once"),
     pytest.param(device(assignment=pending(held=True)), hb(), "withheld", False, None, id="withheld"),
     pytest.param(device(recording=True, assignment=pending(held=True)), hb(recording=True), "withheld", False, None,
                  id="withheld-recording"),
@@ -593,7 +616,93 @@ def test_routine_reply(
     assert reply is not None
     assert reply.heartbeat_interval_s == 60
     assert (reply.ota is not None) is (outcome in {"deliver", "redeliver", "resend"})
-    assert reply.ota_deferred == ("recording" if outcome == "defer" else None)
+    assert reply.ota_deferred == plan.deferral
     assert buffer.take_all() == {
         dev.id: PendingTelemetry(seen_at=NOW, battery=80, network="wifi", rssi=-60, ota=buffered_ota)
     }
+
+
+# --- Attempts: a device back on its old version after writing or rebooting rolled back. -------------------
+
+ROLLBACK = [
+    pytest.param(delivered(ota_state="rebooting"), None, "rollback", id="after-rebooting-no-report"),
+    pytest.param(delivered(ota_state="writing"), None, "rollback", id="after-writing-no-report"),
+    pytest.param(delivered(ota_state="verifying"), None, "rollback", id="after-verifying-no-report"),
+    pytest.param(delivered(ota_state="rebooting"), report("downloading", 0, assignment_id="asg-new"), "rollback",
+                 id="report-of-another-assignment-counts-as-no-report"),
+    pytest.param(delivered(ota_state="writing"), report("writing", 50), "hold", id="still-writing"),
+    pytest.param(delivered(ota_state="writing"), report("downloading", 0), "resend", id="device-downloads-again"),
+    pytest.param(delivered(ota_state="downloading", progress=40), None, "resend", id="downloading-is-not-a-rollback"),
+    pytest.param(delivered(), None, "resend", id="no-progress-yet"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("asg", "ota", "outcome"), ROLLBACK)
+def test_rollback(asg: AssignmentView, ota: OtaReport | None, outcome: Outcome) -> None:
+    plan = plan_heartbeat(device(), asg, hb(ota=ota), NOW)
+    assert plan.outcome == outcome
+    if outcome == "rollback":
+        assert plan.writes and plan.progress is None
+
+
+def test_a_rollback_on_the_new_version_is_an_apply() -> None:
+    assert plan_heartbeat(device(), delivered(ota_state="rebooting"), hb("v1.1.0"), NOW).outcome == "apply"
+
+
+# --- Between attempts: pending with retry_at in the future is deferred as retry_wait. -----------------------
+
+
+@pytest.mark.parametrize(
+    ("retry_at", "outcome", "deferral"),
+    [(LATER, "defer", "retry_wait"), (NOW, "deliver", None), (EARLIER, "deliver", None), (None, "deliver", None)],
+)
+def test_retry_wait(retry_at: datetime | None, outcome: Outcome, deferral: str | None) -> None:
+    plan = plan_heartbeat(device(), pending(attempts=1, retry_at=retry_at), hb(), NOW)
+    assert (plan.outcome, plan.deferral) == (outcome, deferral)
+
+
+def test_recording_is_named_before_the_retry_wait() -> None:
+    plan = plan_heartbeat(device(), pending(attempts=1, retry_at=LATER), hb(recording=True), NOW)
+    assert plan.deferral == "recording"
+
+
+# --- The delivery policy: a pending assignment waits while the device's condition says so. ----------------
+
+POLICY_DEFAULT = DeliveryPolicy()  # 30 %, wifi and cellular, unsynced recordings do not matter
+
+
+def beat(**fields: object) -> Heartbeat:
+    return Heartbeat.model_validate({"firmware_version": "v1.0.0", **fields})
+
+
+POLICY = [
+    pytest.param(POLICY_DEFAULT, None, beat(battery=29), "battery_low", id="battery-below"),
+    pytest.param(POLICY_DEFAULT, None, beat(battery=30), None, id="battery-at-minimum"),
+    pytest.param(POLICY_DEFAULT, None, beat(battery=5, charging=True), None, id="charging-ignores-battery"),
+    pytest.param(POLICY_DEFAULT, None, beat(), None, id="nothing-sent-nothing-blocks"),
+    pytest.param(POLICY_DEFAULT, {"networks": ["wifi"]}, beat(network="cellular"), "network", id="release-wifi-only"),
+    pytest.param(POLICY_DEFAULT, {"networks": ["wifi"]}, beat(network="wifi"), None, id="wifi-only-on-wifi"),
+    pytest.param(DeliveryPolicy(networks=("wifi",)), None, beat(network="cellular"), "network", id="server-wifi-only"),
+    pytest.param(POLICY_DEFAULT, None, beat(storage_free_kb=100), "storage", id="image-does-not-fit"),
+    pytest.param(POLICY_DEFAULT, None, beat(storage_free_kb=121), None, id="image-fits"),  # 123,456 B ≤ 121 KiB
+    pytest.param(POLICY_DEFAULT, None, beat(unsynced_recordings=3), None, id="unsynced-allowed-by-default"),
+    pytest.param(POLICY_DEFAULT, {"defer_while_unsynced": True}, beat(unsynced_recordings=3), "unsynced_recordings",
+                 id="unsynced-deferred"),
+    pytest.param(POLICY_DEFAULT, {"defer_while_unsynced": True}, beat(unsynced_recordings=0), None, id="all-synced"),
+    pytest.param(POLICY_DEFAULT, {"min_battery": 80}, beat(battery=70), "battery_low", id="release-min-battery"),
+    pytest.param(POLICY_DEFAULT, None, beat(battery=10, network="cellular", storage_free_kb=1), "battery_low",
+                 id="first-reason-named"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("policy", "overrides", "heartbeat", "deferral"), POLICY)
+def test_delivery_policy(
+    policy: DeliveryPolicy, overrides: dict[str, object] | None, heartbeat: Heartbeat, deferral: str | None
+) -> None:
+    plan = plan_heartbeat(device(), pending(policy=overrides), heartbeat, NOW, policy, BIN.size)
+    assert (plan.outcome, plan.deferral) == (("defer", deferral) if deferral else ("deliver", None))
+
+
+def test_the_policy_does_not_stop_a_download_under_way() -> None:
+    plan = plan_heartbeat(device(), delivered(ota_state="downloading"), beat(battery=5, ota=DL_0), NOW)
+    assert plan.outcome == "resend"

@@ -132,7 +132,11 @@ def test_new_assignment_after_the_previous_is_final(
         if final == "applied":
             heartbeat(admin.client, dev["token"], firmware_version="v1.0.1")
         else:
-            heartbeat(admin.client, dev["token"], ota={"assignment_id": first["id"], "state": "failed", "error": "x"})
+            heartbeat(
+                admin.client,
+                dev["token"],
+                ota={"assignment_id": first["id"], "state": "failed", "error": "crc_mismatch"},
+            )
     assert _detail(admin, first["id"])["status"] == final
     second = admin.assign(dev["id"], rel["id"])
     assert second.status_code == 201, second.text
@@ -172,7 +176,9 @@ def test_cancel_final_is_409_and_changes_nothing(
     if final == "applied":
         heartbeat(admin.client, dev["token"], firmware_version="1.0.1")
     elif final == "failed":
-        heartbeat(admin.client, dev["token"], ota={"assignment_id": a["id"], "state": "failed", "error": "boom"})
+        heartbeat(
+            admin.client, dev["token"], ota={"assignment_id": a["id"], "state": "failed", "error": "crc_mismatch"}
+        )
     else:
         _cancel(admin, a["id"])
     before = _detail(admin, a["id"])
@@ -217,7 +223,11 @@ def test_fleet_list_filters_by_status(admin: ApiClient) -> None:
     heartbeat(admin.client, devices[2]["token"])
     heartbeat(admin.client, devices[2]["token"], firmware_version="v1.0.1")
     heartbeat(admin.client, devices[3]["token"])
-    heartbeat(admin.client, devices[3]["token"], ota={"assignment_id": made[3]["id"], "state": "failed"})
+    heartbeat(
+        admin.client,
+        devices[3]["token"],
+        ota={"assignment_id": made[3]["id"], "state": "failed", "error": "crc_mismatch"},
+    )
     _cancel(admin, made[4]["id"])
     expected = dict(zip(["pending", "delivered", "applied", "failed", "cancelled"], made, strict=True))
     for status, assignment in expected.items():

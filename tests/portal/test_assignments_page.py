@@ -47,7 +47,7 @@ def test_filter_counts_and_pages(client: TestClient, admin: ApiClient, portal_us
         client,
         failed["token"],
         firmware_version="v1.0.0",
-        ota={"assignment_id": failing["id"], "state": "failed", "error": "flash_write"},
+        ota={"assignment_id": failing["id"], "state": "failed", "error": "signature_invalid"},
     )
     superseded = admin.device(device_id="BP-SUPERSEDED")
     admin.assign("BP-SUPERSEDED", release["id"])
@@ -92,7 +92,7 @@ def test_filter_counts_and_pages(client: TestClient, admin: ApiClient, portal_us
         assert chips(page)[status][1] and not chips(page)["All"][1]
         assert chips(page)["cancelled"] == ("cancelled 51", False)  # the chips count everything
     page, _ = rows(client, "status=failed")
-    assert "flash_write" in page.text
+    assert "signature_invalid" in page.text
 
     page, cancelled = rows(client, "status=cancelled")
     assert len(cancelled) == 50 and set(cancelled) == {("BP-MANY", "cancelled")}

@@ -478,11 +478,11 @@ def test_failures_after_a_resume_pause_it_again(
     more = [d for d in s["stage0"] if d not in s["failed"]][:3]
     assert len(more) == 3, "the hash put too few devices in the first stage for this test"
     for device_id in more:
-        fail(client, s["devices"][device_id], error="flash_write")
+        fail(client, s["devices"][device_id], error="signature_invalid")
     tick(sessions, settings)
     rollout = detail(admin, s["id"])
     assert rollout["status"] == "paused"
-    assert "flash_write 3" in rollout["paused_reason"]
+    assert "signature_invalid 3" in rollout["paused_reason"]
 
 
 def test_failures_below_the_minimum_do_not_pause(

@@ -9,7 +9,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,10 @@ import pytest
 from bota_ota.sim.device import MAX_DOWNLOAD_RETRIES, Job, Network, SimDevice
 from bota_ota.sim.faults import FaultProxy
 from tests.support.server import free_port
-from tests.support.sim import SimServer, run_fleet, start_fleet
+from tests.support.sim import SimServer, run_fleet, sim_server_running, start_fleet
 
 
-class _SlowStream(httpx.AsyncByteStream):
+class SlowStream(httpx.AsyncByteStream):
     """The response body in 16 KiB pieces, 50 ms apart: a download slow enough to be seen in progress."""
 
     def __init__(self, inner: httpx.AsyncByteStream) -> None:
@@ -38,14 +38,14 @@ class _SlowStream(httpx.AsyncByteStream):
         await self.inner.aclose()
 
 
-class _SlowTransport(httpx.AsyncHTTPTransport):
+class SlowTransport(httpx.AsyncHTTPTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await super().handle_async_request(request)
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(
             response.status_code,
             headers=response.headers,
-            stream=_SlowStream(response.stream),
+            stream=SlowStream(response.stream),
             extensions=response.extensions,
             request=request,
         )
@@ -70,7 +70,7 @@ def test_each_state_is_reported_with_progress_and_no_heartbeat_is_sent_while_reb
             assert fleet.net is not None
             fleet.net.heartbeats.event_hooks = {"request": [record]}
             await fleet.net.downloads.aclose()
-            fleet.net.downloads = httpx.AsyncClient(base_url=sim_server.url, transport=_SlowTransport())
+            fleet.net.downloads = httpx.AsyncClient(base_url=sim_server.url, transport=SlowTransport())
             device = fleet.devices[0]
             reboot = device._reboot
 
@@ -91,12 +91,12 @@ def test_each_state_is_reported_with_progress_and_no_heartbeat_is_sent_while_reb
     assert progress == sorted(progress), progress
     assert any(0 < p < 100 for p in progress), progress
     states = [r["state"] for r in reports]
-    assert "writing" in states, states
-    assert states.index("writing") > states.index("downloading")
+    assert "writing" in states and "rebooting" in states, states  # each told at once, before the reboot
+    assert states.index("downloading") < states.index("writing") < states.index("rebooting")
     # The server recorded each state it was told about (and showed it as the assignment's progress).
     events = sim_server.assignment(assignment_id)["events"]
     told = [e["detail"]["state"] for e in events if e["kind"] == "progress"]
-    assert told[:1] == ["downloading"] and "writing" in told, events
+    assert told[:1] == ["downloading"] and "writing" in told and "rebooting" in told, events
 
     # One reboot, and not a heartbeat during it; the first one after it reports the new version at once.
     ((down, up),) = reboots
@@ -108,8 +108,16 @@ def test_each_state_is_reported_with_progress_and_no_heartbeat_is_sent_while_reb
     assert all(body["firmware_version"] == "v1.0.0" for t, body in sent if t <= down)
 
 
+@pytest.fixture
+def one_attempt_server(tmp_path: Path, database_url: str) -> Iterator[SimServer]:
+    """A server that gives each assignment a single attempt: a reported failure is final at once."""
+    with sim_server_running(tmp_path, database_url, BOTA_OTA_MAX_ATTEMPTS="1") as server:
+        yield server
+
+
 @pytest.mark.e2e
-def test_ten_retries_then_the_device_reports_download_failed(sim_server: SimServer) -> None:
+def test_ten_retries_then_the_device_reports_download_failed(one_attempt_server: SimServer) -> None:
+    sim_server = one_attempt_server
     release = sim_server.release("v2.2.0")
 
     async def scenario() -> tuple[str, SimDevice]:

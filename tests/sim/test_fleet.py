@@ -116,19 +116,25 @@ def test_expired_urls_are_renewed_through_the_next_heartbeat(sim_server: SimServ
     assert len(refused) >= 4
 
 
-def test_power_loss_while_writing_fails_and_keeps_the_old_version(sim_server: SimServer) -> None:
+def test_power_loss_while_writing_ends_an_attempt_and_keeps_the_old_version(sim_server: SimServer) -> None:
+    """power_loss is not a final error: the attempt ends, the assignment waits (retry_wait) for the next one."""
     release = sim_server.release("v1.6.0")
+
+    def attempt_ended(assignment_ids: list[str]) -> bool:
+        return all(sim_server.assignment(a)["attempts"] >= 1 for a in assignment_ids)
 
     async def scenario() -> None:
         fleet = await start_fleet(sim_server, sim_server.config(3, faults="power_loss=1", prefix="F"))
         assignments = sim_server.assign_all([c.device_id for c in fleet.credentials], release["id"])
         async with fleet:
-            await run_fleet(fleet, lambda: _all(sim_server, list(assignments.values()), "failed"))
+            await run_fleet(fleet, lambda: attempt_ended(list(assignments.values())))
             await asyncio.sleep(0)
         for device_id, assignment_id in assignments.items():
-            assert sim_server.assignment(assignment_id)["error"] == "power_loss"
+            assignment = sim_server.assignment(assignment_id)
+            assert (assignment["status"], assignment["error"], assignment["attempts"]) == ("pending", "power_loss", 1)
+            assert assignment["retry_at"] is not None  # the server's backoff (600 s) is far off
             device = sim_server.api.get(f"/api/v1/devices/{device_id}").json()
             assert device["firmware_version"] == "v1.0.0"
-            assert device["active_assignment"] is None
+            assert device["active_assignment"]["id"] == assignment_id
 
     asyncio.run(scenario())

@@ -87,7 +87,12 @@ def summary_table(fleet: Fleet, wall_s: float) -> Table:
     table.add_row("connections cut by the fault proxy", str(fleet.proxy_cuts))
     table.add_row("downloaded", f"{stats.bytes / 1e6:.1f} MB")
     table.add_row("heartbeats (errors)", f"{stats.heartbeats} ({stats.heartbeat_errors})")
-    table.add_row("transfers deferred by recording", str(stats.deferred))
+    table.add_row("updates rolled back (boot loop)", str(stats.rolled_back))
+    table.add_row("downloads aborted by the server", str(stats.aborted))
+    for reason, count in sorted(stats.deferred_by.items()):
+        table.add_row(f"heartbeats with the update deferred: {reason}", str(count))
+    if not stats.deferred_by:
+        table.add_row("heartbeats with the update deferred", "0")
     versions = ", ".join(f"{v}: {n}" for v, n in fleet.versions().most_common())
     table.add_row("firmware now", versions)
     return table
@@ -102,7 +107,17 @@ def simulate(
         float | None, typer.Option(min=0.1, help="Heartbeat interval in seconds (default: what the server says).")
     ] = None,
     faults: Annotated[
-        str, typer.Option(help="e.g. drop=0.2,corrupt=0.05,expire=0.1,power_loss=0.05,record=0.01,record_s=20")
+        str,
+        typer.Option(
+            help="Fault probabilities, e.g. drop=0.2,corrupt=0.05,bootloop=0.1,low_battery=0.2. "
+            "drop: a download's connection is cut (resumed with Range); corrupt: a byte flipped (crc_mismatch); "
+            "expire: the URL is used after it expired (403, fresh URL); power_loss: power fails while writing "
+            "(failed power_loss, old version); bootloop: the new image does not boot (back on the old version "
+            "after reporting writing and rebooting: a rolled-back attempt); low_battery: the device is at 15% "
+            "and not charging; cellular: the device is on cellular, not Wi-Fi; record: per heartbeat, a "
+            "recording starts (record_s seconds, default 20). Per device: low_battery, cellular; per update: "
+            "the others."
+        ),
     ] = "",
     fault_devices: Annotated[
         str, typer.Option(help="The share of devices the faults apply to, e.g. 20% (the others are healthy).")

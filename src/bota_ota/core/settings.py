@@ -76,6 +76,29 @@ class Settings(BaseSettings):
         ge=0,
         description="A delivered assignment with no progress for this long fails with delivery_timeout (0: never).",
     )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Attempts an assignment gets (a rollback or a transient failure ends one) before it fails.",
+    )
+    retry_backoff_s: int = Field(
+        600,
+        ge=0,
+        le=86400,
+        description="The wait after a failed attempt before the next delivery; doubles per attempt (6 h at most).",
+    )
+    delivery_min_battery: int = Field(
+        30, ge=0, le=100, description="Default policy: no update starts below this battery percentage unless charging."
+    )
+    delivery_networks: list[Literal["wifi", "cellular"]] = Field(
+        ["wifi", "cellular"],
+        min_length=1,
+        description='Default policy: links an update may be downloaded over, as JSON (["wifi"]: not over cellular).',
+    )
+    delivery_defer_while_unsynced: bool = Field(
+        False, description="Default policy: wait while the device holds recordings that are not synced yet."
+    )
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     secret_key: str | None = Field(
         None,

@@ -74,10 +74,13 @@ def get_release(release_id: str, session: SessionDep, _: Viewer) -> ReleaseOut:
     return service.release_out(service.get_release(session, release_id))
 
 
-@router.patch("/{release_id}", response_model=ReleaseOut, summary="Mark released/draft or edit notes")
+@router.patch(
+    "/{release_id}", response_model=ReleaseOut, summary="Mark released/draft, edit notes or the delivery policy"
+)
 def patch_release(release_id: str, body: ReleasePatch, session: SessionDep, principal: Operator) -> ReleaseOut:
+    policy = body.delivery_policy.overrides() if body.delivery_policy is not None else None
     release = service.update_release(
-        session, release_id, released=body.released, notes=body.notes, actor=principal.actor
+        session, release_id, released=body.released, notes=body.notes, actor=principal.actor, delivery_policy=policy
     )
     return service.release_out(release)
 

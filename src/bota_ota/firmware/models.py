@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
@@ -22,6 +23,8 @@ class Release(Base):
     released: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
+    # Overrides of the server's delivery policy for this release's assignments (firmware/policy.py).
+    delivery_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="release", cascade="all, delete-orphan", lazy="selectin", order_by="Artifact.kind"

@@ -3,10 +3,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from bota_ota.core.schemas import InputModel
+from bota_ota.firmware.policy import DeliveryPolicyIn
 
 
 class ArtifactOut(BaseModel):
@@ -28,11 +30,17 @@ class ReleaseOut(BaseModel):
     created_by: str | None
     bin: ArtifactOut | None
     ufw: ArtifactOut | None
+    delivery_policy: dict[str, Any] | None = Field(
+        None, description="Overrides of the server's delivery policy for assignments made from now on"
+    )
 
 
 class ReleasePatch(InputModel):
     released: bool | None = None
     notes: str | None = None
+    delivery_policy: DeliveryPolicyIn | None = Field(
+        None, description="Overrides of the server's delivery policy ({} clears them); applies to new assignments"
+    )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -171,8 +172,15 @@ def delete_release(session: Session, store: BlobStore, release_id: str, *, actor
 
 
 def update_release(
-    session: Session, release_id: str, *, released: bool | None, notes: str | None, actor: str
+    session: Session,
+    release_id: str,
+    *,
+    released: bool | None,
+    notes: str | None,
+    actor: str,
+    delivery_policy: dict[str, Any] | None = None,
 ) -> Release:
+    """``delivery_policy``: overrides of the server's policy (``{}`` clears them), for assignments made after."""
     release = get_release(session, release_id)
     changes: dict[str, object] = {}
     if released is not None and released != release.released:
@@ -183,6 +191,9 @@ def update_release(
             raise ValidationFailed(f"notes must be at most {NOTES_LIMIT} characters", field="notes")
         release.notes = notes.strip()
         changes["notes"] = True
+    if delivery_policy is not None:
+        release.delivery_policy = delivery_policy or None
+        changes["delivery_policy"] = delivery_policy
     if changes:
         audit.record(
             session,
@@ -211,4 +222,5 @@ def release_out(release: Release) -> ReleaseOut:
         created_by=release.created_by,
         bin=art("bin"),
         ufw=art("ufw"),
+        delivery_policy=release.delivery_policy,
     )

@@ -80,7 +80,7 @@ class HeartbeatEntrance:
         await self._send(send, self._encode(reply))
 
     def _encode(self, reply: HeartbeatReply) -> bytes:
-        if reply.ota is None and reply.ota_deferred is None:
+        if reply.ota is None and reply.ota_deferred is None and reply.ota_abort is None:
             # The routine reply: the same bytes every time for a given interval.
             cached = self._plain_replies.get(reply.heartbeat_interval_s)
             if cached is None:

@@ -36,6 +36,10 @@ _SNAPSHOT = (
         Assignment.release_id,
         Assignment.held,
         Assignment.downgrade_from,
+        Assignment.attempts,
+        Assignment.retry_at,
+        Assignment.deferred,
+        Assignment.policy,
         Artifact.storage_key,
         Artifact.size,
         Artifact.crc32,
@@ -74,6 +78,10 @@ def _snapshot(row: Row[Any] | Any | None) -> DeviceSnapshot | None:
             release_id=row.release_id,
             held=bool(row.held),
             downgrade_from=row.downgrade_from,
+            attempts=row.attempts,
+            retry_at=row.retry_at,
+            deferred=row.deferred,
+            policy=row.policy,
         )
     bin_ref = None
     if row.storage_key is not None:

@@ -4,10 +4,11 @@ snapshot with no database at all (its telemetry goes to the write-behind buffer)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from bota_ota.core.errors import NotFound
+from bota_ota.firmware.policy import DeliveryPolicy
 from bota_ota.heartbeat.presence import PendingTelemetry, TelemetryBuffer
 from bota_ota.heartbeat.rules import (
     MANIFEST_OUTCOMES,
@@ -18,6 +19,7 @@ from bota_ota.heartbeat.rules import (
     plan_heartbeat,
 )
 from bota_ota.heartbeat.schemas import Heartbeat, HeartbeatReply, OtaManifest, OtaReport
+from bota_ota.ota.service import AttemptRules
 from bota_ota.storage import BlobStore
 
 
@@ -51,10 +53,10 @@ class ManifestSigner:
 def build_reply(
     assignment: AssignmentState | None, bin_ref: BinRef | None, plan: Plan, signer: ManifestSigner, interval_s: int
 ) -> HeartbeatReply:
-    reply = HeartbeatReply(heartbeat_interval_s=interval_s, ota=None)
+    reply = HeartbeatReply(heartbeat_interval_s=interval_s, ota=None, ota_abort=plan.abort)
     if plan.outcome == "defer":
-        # No firmware transfer while recording: keep the assignment where it is and say why.
-        reply.ota_deferred = "recording"
+        # Not now (recording, waiting between attempts, the delivery policy): it stays where it is; say why.
+        reply.ota_deferred = plan.deferral
     elif plan.outcome in MANIFEST_OUTCOMES:
         assert assignment is not None
         reply.ota = signer.manifest(assignment, bin_ref)
@@ -75,6 +77,8 @@ class HeartbeatCall:
     # The .bin the read step found for this release (releases never change their files): the write step
     # signs a delivery with it instead of loading the release again.
     known_bin: tuple[str, BinRef] | None = None
+    policy: DeliveryPolicy = field(default_factory=DeliveryPolicy)  # the server's delivery policy
+    attempts: AttemptRules = field(default_factory=AttemptRules)
 
     def reading(self, now: datetime, progress: OtaReport | None = None) -> PendingTelemetry:
         return PendingTelemetry(
@@ -89,7 +93,8 @@ class HeartbeatCall:
 def routine_reply(snapshot: DeviceSnapshot, call: HeartbeatCall, now: datetime) -> HeartbeatReply | None:
     """The reply to a heartbeat that writes nothing (its telemetry goes to the buffer), or None when the
     heartbeat has something to write: then call ``heartbeat_with_writes`` in a write transaction."""
-    plan = plan_heartbeat(snapshot, snapshot.assignment, call.hb, now)
+    size = snapshot.bin.size if snapshot.bin is not None else None
+    plan = plan_heartbeat(snapshot, snapshot.assignment, call.hb, now, call.policy, size)
     if plan.writes:
         return None
     reply = build_reply(snapshot.assignment, snapshot.bin, plan, call.signer, call.interval_s)

@@ -9,18 +9,26 @@ tested with tables of cases (tests/heartbeat/test_rules.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from bota_ota.firmware.policy import Deferral, DeliveryPolicy, deferral
 from bota_ota.firmware.versions import supersedes, versions_equal
 from bota_ota.heartbeat.schemas import Heartbeat, OtaReport
 
 # While the device says it is verifying, writing or rebooting, a download URL is of no use to it.
 NO_MANIFEST_STATES = frozenset({"verifying", "writing", "rebooting"})
+# A report of an assignment that is not the device's active one, in these states, gets an abort: the
+# device can still drop the image. Writing or rebooting, it is too late (the device finishes).
+ABORTABLE_STATES = frozenset({"downloading", "verifying"})
 
-Outcome = Literal["none", "apply", "supersede", "fail", "hold", "withheld", "defer", "deliver", "redeliver", "resend"]
-RECORDED_OUTCOMES = frozenset({"apply", "supersede", "fail", "deliver", "redeliver"})
+Outcome = Literal[
+    "none", "apply", "supersede", "fail", "rollback", "hold", "withheld", "defer", "deliver", "redeliver", "resend"
+]
+RECORDED_OUTCOMES = frozenset({"apply", "supersede", "fail", "rollback", "deliver", "redeliver"})
+# Outcomes after which the assignment is still active and the deferral reason is what this heartbeat says.
+_DEFERRAL_OUTCOMES = frozenset({"hold", "withheld", "defer", "deliver", "redeliver", "resend"})
 MANIFEST_OUTCOMES = frozenset({"deliver", "redeliver", "resend"})
 
 
@@ -47,6 +55,10 @@ class AssignmentView:
     release_id: str
     held: bool  # its rollout is paused: a pending assignment is not delivered
     downgrade_from: str | None = None  # a downgrade an admin allowed: the version the device was on then
+    attempts: int = 0  # failed attempts so far
+    retry_at: datetime | None = None  # pending after a failed attempt: not delivered before this
+    deferred: str | None = None  # why the last heartbeat did not get it (as recorded)
+    policy: dict[str, Any] | None = None  # delivery policy overrides
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +106,12 @@ class AssignmentState(Protocol):
     def held(self) -> bool: ...
     @property
     def downgrade_from(self) -> str | None: ...
+    @property
+    def retry_at(self) -> datetime | None: ...
+    @property
+    def deferred(self) -> str | None: ...
+    @property
+    def policy(self) -> dict[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -108,14 +126,21 @@ class Plan:
     # withheld: pending and held (its rollout is paused): no manifest, nothing recorded · defer: recording
     # deliver: pending → delivered · redeliver: manifest again, recorded because the last recorded URL has
     # expired · resend: manifest again with a fresh URL, nothing recorded
+    # rollback: the device came back from writing/rebooting on its old version (a failed attempt)
     # Only the percentage moved, within the same state: written behind with the telemetry (no event either
     # way), unless the heartbeat writes anyway.
     progress_only: bool = False
+    deferral: Deferral | None = None  # with outcome defer: why (the reply's ota_deferred)
+    deferral_changed: bool = False  # differs from the assignment's recorded reason: written at once
+    abort: str | None = None  # the reply's ota_abort: the device works on an assignment that is not active
 
     @property
     def writes(self) -> bool:
         return (
-            self.material or (self.progress is not None and not self.progress_only) or self.outcome in RECORDED_OUTCOMES
+            self.material
+            or (self.progress is not None and not self.progress_only)
+            or self.outcome in RECORDED_OUTCOMES
+            or self.deferral_changed
         )
 
 
@@ -129,8 +154,38 @@ def material_change(device: DeviceState, hb: Heartbeat) -> bool:
     )
 
 
-def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: Heartbeat, now: datetime) -> Plan:
-    """The rules of docs/device-protocol.md ("What the server does with a heartbeat"), without side effects."""
+def plan_heartbeat(
+    device: DeviceState,
+    assignment: AssignmentState | None,
+    hb: Heartbeat,
+    now: datetime,
+    policy: DeliveryPolicy = DeliveryPolicy(),
+    image_size: int | None = None,
+) -> Plan:
+    """The rules of docs/device-protocol.md ("What the server does with a heartbeat"), without side effects.
+    ``policy``: the server's delivery policy (the assignment's overrides are applied here); ``image_size``:
+    the size of the .bin a delivery would send (the storage check)."""
+    plan = _plan(device, assignment, hb, now, policy, image_size)
+    if (
+        hb.ota is not None
+        and hb.ota.state in ABORTABLE_STATES
+        and (assignment is None or hb.ota.assignment_id != assignment.id)
+    ):
+        # Cancelled (or otherwise ended) while the device works on it: tell it to stop.
+        plan = replace(plan, abort=hb.ota.assignment_id)
+    if assignment is not None and plan.outcome in _DEFERRAL_OUTCOMES and plan.deferral != assignment.deferred:
+        plan = replace(plan, deferral_changed=True)
+    return plan
+
+
+def _plan(
+    device: DeviceState,
+    assignment: AssignmentState | None,
+    hb: Heartbeat,
+    now: datetime,
+    policy: DeliveryPolicy,
+    image_size: int | None,
+) -> Plan:
     material = material_change(device, hb)
     if assignment is None:
         return Plan(material, None, "none")
@@ -143,9 +198,14 @@ def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: 
     report = hb.ota if hb.ota is not None and hb.ota.assignment_id == assignment.id else None
     progress = None
     only = False
-    if report is not None and assignment.status == "delivered":
-        if report.state == "failed":
+    if assignment.status == "delivered":
+        if report is not None and report.state == "failed":
             return Plan(material, None, "fail")
+        if assignment.ota_state in NO_MANIFEST_STATES and report is None:
+            # It said it was verifying, writing or rebooting, and is back on the old version without a
+            # word about it: the new image did not take (the bootloader reverted). A failed attempt.
+            return Plan(material, None, "rollback")
+    if report is not None and assignment.status == "delivered":
         if (report.state, report.progress) != (assignment.ota_state, assignment.progress):
             progress = report
             only = report.state == assignment.ota_state
@@ -156,8 +216,21 @@ def plan_heartbeat(device: DeviceState, assignment: AssignmentState | None, hb: 
         # Only a pending assignment is held; a delivered one that somehow is goes on (downloads finish).
         return Plan(material, None, "withheld")
     if hb.recording:
-        return Plan(material, progress, "defer", only)
+        return Plan(material, progress, "defer", only, deferral="recording")
     if assignment.status == "pending":
+        if assignment.retry_at is not None and now < assignment.retry_at:
+            return Plan(material, progress, "defer", only, deferral="retry_wait")
+        reason = deferral(
+            policy.with_overrides(assignment.policy),
+            battery=hb.battery,
+            charging=hb.charging,
+            network=hb.network,
+            storage_free_kb=hb.storage_free_kb,
+            unsynced_recordings=hb.unsynced_recordings,
+            image_size=image_size,
+        )
+        if reason is not None:
+            return Plan(material, progress, "defer", only, deferral=reason)
         return Plan(material, progress, "deliver", only)
     if report is None and (assignment.delivery_expires_at is None or now >= assignment.delivery_expires_at):
         # The device is not working on it and the last recorded URL is dead: worth an event. Heartbeats in

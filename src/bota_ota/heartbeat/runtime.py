@@ -22,6 +22,7 @@ from bota_ota.core.database import utcnow
 from bota_ota.core.errors import Unauthorized
 from bota_ota.core.security import hash_token
 from bota_ota.core.settings import Settings
+from bota_ota.firmware.policy import default_policy
 from bota_ota.heartbeat.cache import DeviceCache
 from bota_ota.heartbeat.invalidation import ChangeListener, drop_own_commits, make_change_listener
 from bota_ota.heartbeat.presence import TelemetryBuffer, write_telemetry
@@ -29,6 +30,7 @@ from bota_ota.heartbeat.read import NOT_READ, InlineSnapshotReader, NotRead, rea
 from bota_ota.heartbeat.reply import HeartbeatCall, ManifestSigner, routine_reply
 from bota_ota.heartbeat.schemas import Heartbeat, HeartbeatReply
 from bota_ota.heartbeat.write import WriteBatcher, heartbeat_with_writes
+from bota_ota.ota.service import AttemptRules
 from bota_ota.web.context import AppContext
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class HeartbeatRuntime:
         self.ctx = ctx
         self.settings: Settings = ctx.settings
         self.cache = DeviceCache(max_entries=ctx.settings.device_cache_size)
+        self.policy = default_policy(ctx.settings)
+        self.attempts = AttemptRules.of(ctx.settings)
         self.buffer = TelemetryBuffer()
         # SQLite only: the cache-miss read on the event loop, and heartbeats that write committed in groups.
         self.reader = InlineSnapshotReader(ctx.engine) if ctx.sqlite else None
@@ -117,6 +121,8 @@ class HeartbeatRuntime:
             buffer=self.buffer,
             interval_s=settings.heartbeat_interval_s,
             received_at=received_at,
+            policy=self.policy,
+            attempts=self.attempts,
             known_bin=(snapshot.assignment.release_id, snapshot.bin)
             if snapshot.assignment is not None and snapshot.bin is not None
             else None,

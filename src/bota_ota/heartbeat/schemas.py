@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bota_ota.core.schemas import InputModel
+from bota_ota.firmware.policy import Deferral
 
 OtaState = Literal["downloading", "verifying", "writing", "rebooting", "failed"]
 
@@ -29,6 +30,9 @@ class Heartbeat(InputModel):
     battery: int | None = Field(None, ge=0, le=100)
     network: Literal["wifi", "cellular"] | None = None
     rssi: int | None = Field(None, ge=-200, le=0)
+    charging: bool | None = None
+    storage_free_kb: int | None = Field(None, ge=0, le=2**53)
+    unsynced_recordings: int | None = Field(None, ge=0, le=1_000_000)
     ota: OtaReport | None = None
 
 
@@ -45,6 +49,11 @@ class OtaManifest(BaseModel):
 class HeartbeatReply(BaseModel):
     heartbeat_interval_s: int
     ota: OtaManifest | None
-    ota_deferred: Literal["recording"] | None = Field(
+    ota_deferred: Deferral | None = Field(
         None, description="Why the active (pending or delivered) assignment's manifest was not sent in this reply"
+    )
+    ota_abort: str | None = Field(
+        None,
+        description="An assignment the device reports working on that is no longer its active one (cancelled): "
+        "stop downloading it and discard what was downloaded; a device already writing flash finishes.",
     )

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from typing import Any
 
 from anyio import to_thread
 from sqlalchemy import select
@@ -36,6 +37,7 @@ from bota_ota.heartbeat.rules import MANIFEST_OUTCOMES, BinRef, Plan, plan_heart
 from bota_ota.heartbeat.schemas import Heartbeat, HeartbeatReply, OtaManifest
 from bota_ota.ota import service
 from bota_ota.ota.models import Assignment
+from bota_ota.ota.service import AttemptRules
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +51,40 @@ def heartbeat_with_writes(session: Session, call: HeartbeatCall, now: datetime) 
         raise Unauthorized("the device token is unknown (rotated or never issued)")
     hb = call.hb
     assignment = service.active_assignment(session, device.id, lock=True)
-    plan = plan_heartbeat(device, assignment, hb, now)
-    if device.ble_connected:  # the device speaks for itself again: BLE mode is over
-        record_device_event(session, device.id, "ble.disconnected", reason="device heartbeat")
-    apply_telemetry(device, hb, via_ble=False, now=now, pending=call.buffer.peek(device.id))
     bin_ref = None
-    if assignment is not None and plan.outcome in MANIFEST_OUTCOMES:
+    if assignment is not None:
         if call.known_bin is not None and call.known_bin[0] == assignment.release_id:
             bin_ref = call.known_bin[1]
-        else:
+        elif assignment.status == "pending" or hb.ota is None or hb.ota.state == "downloading":
+            # The storage check and a manifest need the .bin (a device mid-write needs neither).
             release = session.get(Release, assignment.release_id)
             artifact = release.artifact("bin") if release else None
             if artifact is not None:
                 bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
+    size = bin_ref.size if bin_ref is not None else None
+    plan = plan_heartbeat(device, assignment, hb, now, call.policy, size)
+    if device.ble_connected:  # the device speaks for itself again: BLE mode is over
+        record_device_event(session, device.id, "ble.disconnected", reason="device heartbeat")
+    apply_telemetry(device, hb, via_ble=False, now=now, pending=call.buffer.peek(device.id))
+    if plan.outcome in MANIFEST_OUTCOMES and bin_ref is None and assignment is not None:
+        release = session.get(Release, assignment.release_id)
+        artifact = release.artifact("bin") if release else None
+        if artifact is not None:
+            bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
     reply = build_reply(assignment, bin_ref, plan, call.signer, call.interval_s)
     if assignment is not None:
-        _record(assignment, hb, plan, reply.ota, now)
+        _record(assignment, hb, plan, reply.ota, now, call.attempts)
     return reply
 
 
-def _record(assignment: Assignment, hb: Heartbeat, plan: Plan, manifest: OtaManifest | None, now: datetime) -> None:
+def _record(
+    assignment: Assignment, hb: Heartbeat, plan: Plan, manifest: OtaManifest | None, now: datetime, rules: AttemptRules
+) -> None:
     """Write what the plan says happened to the assignment (its row is locked)."""
+    if plan.deferral_changed:
+        assignment.deferred = plan.deferral
+        if plan.deferral is not None:
+            service.add_event(assignment, "deferred", reason=plan.deferral)
     if plan.outcome == "apply":
         service.mark_applied(assignment, reported_version=hb.firmware_version, channel="http")
         return
@@ -78,7 +93,19 @@ def _record(assignment: Assignment, hb: Heartbeat, plan: Plan, manifest: OtaMani
         return
     if plan.outcome == "fail":
         assert hb.ota is not None
-        service.mark_failed(assignment, error=(hb.ota.error or "unknown").strip() or "unknown", channel="http")
+        error = (hb.ota.error or "unknown").strip() or "unknown"
+        service.report_failure(assignment, error=error, rules=rules, channel="http")
+        return
+    if plan.outcome == "rollback":
+        service.end_attempt(
+            assignment,
+            error="rolled_back",
+            kind="rolled_back",
+            rules=rules,
+            channel="http",
+            reported_version=hb.firmware_version,
+            last_state=assignment.ota_state,
+        )
         return
     if plan.progress is not None:
         if plan.progress.state != assignment.ota_state:
@@ -94,7 +121,10 @@ def _record(assignment: Assignment, hb: Heartbeat, plan: Plan, manifest: OtaMani
             assignment.status = "delivered"
             assignment.channel = "http"
             assignment.delivered_at = now
-            service.add_event(assignment, "delivered", channel="http", expires_at=manifest.expires_at.isoformat())
+            assignment.retry_at = None
+            attempt: dict[str, Any] = {"attempt": assignment.attempts + 1} if assignment.attempts else {}
+            expires_at = manifest.expires_at.isoformat()
+            service.add_event(assignment, "delivered", channel="http", expires_at=expires_at, **attempt)
         else:
             expires_at = manifest.expires_at.isoformat()
             service.add_event(assignment, "redelivered", delivery=assignment.delivery_count, expires_at=expires_at)

@@ -123,6 +123,16 @@ def cancel_assignment(assignment_id: str, session: SessionDep, principal: Operat
     return AssignmentOut.model_validate(service.cancel_assignment(session, assignment_id, actor=principal.actor))
 
 
+@router.post(
+    "/api/v1/assignments/{assignment_id}/retry",
+    status_code=201,
+    response_model=AssignmentOut,
+    summary="Retry a failed assignment: a new one for the same device and release, linked by retry_of",
+)
+def retry_assignment(assignment_id: str, session: SessionDep, principal: Operator) -> AssignmentOut:
+    return AssignmentOut.model_validate(service.retry_assignment(session, assignment_id, actor=principal.actor))
+
+
 # ---- devices with their active assignment -----------------------------------------------------------
 
 

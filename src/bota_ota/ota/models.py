@@ -60,6 +60,17 @@ class Assignment(Base):
     # the version it reported then. Written once, at creation (the cache triggers need not watch it). The
     # device reporting that version again does not supersede the downgrade; a version newer than it does.
     downgrade_from: Mapped[str | None] = mapped_column(String(64))
+    # Failed attempts so far (a rollback, or a failure the device may get over): at max_attempts the
+    # assignment fails. Between attempts it is pending again and not delivered before retry_at.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Why the device's last heartbeat did not get it (firmware/policy.py: battery_low, network, ...), or
+    # None; written only when it changes.
+    deferred: Mapped[str | None] = mapped_column(String(24))
+    # The delivery policy overrides in force (the release's, then the rollout's), fixed when it is made.
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A retry of a failed assignment: the one it retries.
+    retry_of: Mapped[str | None] = mapped_column(ForeignKey("assignments.id", ondelete="SET NULL"))
 
     events: Mapped[list[AssignmentEvent]] = relationship(
         back_populates="assignment", cascade="all, delete-orphan", order_by="AssignmentEvent.seq"

@@ -53,6 +53,15 @@ class AssignmentOut(BaseModel):
     downgrade_from: str | None = Field(
         None, description="For a downgrade an admin allowed: the version the device reported when it was made"
     )
+    attempts: int = Field(0, description="Failed attempts so far (rollbacks, failures the device may get over)")
+    retry_at: datetime | None = Field(None, description="Pending after a failed attempt: not delivered before this")
+    deferred: str | None = Field(
+        None,
+        description="Why the device's last heartbeat did not get it: recording, retry_wait, battery_low, network, "
+        "storage or unsynced_recordings",
+    )
+    policy: dict[str, Any] | None = Field(None, description="The delivery policy overrides in force for it")
+    retry_of: str | None = Field(None, description="The failed assignment this one retries")
 
 
 class EventOut(BaseModel):

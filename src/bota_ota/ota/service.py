@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, inspect, select
@@ -26,6 +28,7 @@ from bota_ota.core import audit
 from bota_ota.core.database import insert_or_raise, new_id, utcnow
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
+from bota_ota.core.settings import Settings
 from bota_ota.devices.models import Device
 from bota_ota.firmware.models import Release
 from bota_ota.firmware.versions import is_strictly_newer, supersedes, versions_equal
@@ -72,7 +75,13 @@ def active_assignment(session: Session, device_id: str, *, lock: bool = False) -
 
 
 def create_assignment(
-    session: Session, *, device_id: str, release_id: str, actor: str, allow_downgrade: bool = False
+    session: Session,
+    *,
+    device_id: str,
+    release_id: str,
+    actor: str,
+    allow_downgrade: bool = False,
+    retry_of: Assignment | None = None,
 ) -> Assignment:
     """A pending assignment. A release older than the device's reported version is refused (422) unless
     ``allow_downgrade`` (the caller has checked that an admin asks); the same version is allowed (it is
@@ -115,8 +124,13 @@ def create_assignment(
         created_by=actor,
         created_at=utcnow(),
         downgrade_from=downgrade_from,
+        policy=release.delivery_policy or None,
+        retry_of=retry_of.id if retry_of is not None else None,
+        attempts=0,
     )
-    downgrade = {"downgrade": {"from": downgrade_from, "to": release.version}} if downgrade_from else {}
+    downgrade: dict[str, Any] = {"downgrade": {"from": downgrade_from, "to": release.version}} if downgrade_from else {}
+    if retry_of is not None:
+        downgrade["retry_of"] = retry_of.id
     add_event(assignment, "created", actor=actor, release_id=release.id, version=release.version, **downgrade)
     # The partial unique index is the real guard: of two concurrent requests only one insert lands.
     insert_or_raise(session, assignment, lambda: _already_active(device.id, active_assignment(session, device.id)))
@@ -129,6 +143,22 @@ def create_assignment(
         detail={"device_id": device.id, "release_id": release.id, "version": release.version, **downgrade},
     )
     return assignment
+
+
+def retry_assignment(session: Session, assignment_id: str, *, actor: str, allow_downgrade: bool = False) -> Assignment:
+    """A new pending assignment of a failed one's release to the same device, linked to it (``retry_of``).
+    The rules of ``create_assignment`` hold (one active assignment, no silent downgrade)."""
+    old = get_assignment(session, assignment_id)
+    if old.status != "failed":
+        raise Conflict(f"assignment {old.id} is {old.status}; only a failed assignment can be retried", field="status")
+    return create_assignment(
+        session,
+        device_id=old.device_id,
+        release_id=old.release_id,
+        actor=actor,
+        allow_downgrade=allow_downgrade,
+        retry_of=old,
+    )
 
 
 def _already_active(device_id: str, existing: Assignment | None) -> Conflict:
@@ -221,6 +251,68 @@ def mark_superseded(assignment: Assignment, *, reported_version: str, channel: s
     assignment.finished_at = utcnow()
     assignment.ota_state = None
     add_event(assignment, "superseded", actor=actor, reported_version=reported_version, channel=channel)
+
+
+# Errors after which another attempt cannot go differently: the assignment fails at once. Every other
+# error a device reports (download_failed, power_loss, flash_write, ...) and a rollback end one attempt.
+FINAL_ERRORS = frozenset({"crc_mismatch", "signature_invalid", "manifest_invalid", "incompatible_image"})
+MAX_BACKOFF_S = 6 * 3600
+
+
+@dataclass(frozen=True)
+class AttemptRules:
+    """How many attempts an assignment gets and how long to wait between them (settings)."""
+
+    max_attempts: int = 3
+    backoff_s: int = 600
+
+    @classmethod
+    def of(cls, settings: Settings) -> AttemptRules:
+        return cls(max_attempts=settings.max_attempts, backoff_s=settings.retry_backoff_s)
+
+    def wait_s(self, attempts: int) -> int:
+        """The wait after the ``attempts``-th failed attempt: the backoff, doubled for each one before."""
+        return min(self.backoff_s * (1 << max(attempts - 1, 0)), MAX_BACKOFF_S)
+
+
+def end_attempt(
+    assignment: Assignment, *, error: str, kind: str, rules: AttemptRules, channel: str, **detail: Any
+) -> None:
+    """A failed attempt (``kind``: ``rolled_back`` or ``attempt_failed``): the assignment is pending again,
+    not delivered before ``retry_at``, or, after the last attempt, failed with ``error``. One event either
+    way, with the attempt's number."""
+    now = utcnow()
+    assignment.attempts = (assignment.attempts or 0) + 1
+    assignment.ota_state = None
+    assignment.progress = None
+    assignment.error = error
+    if assignment.attempts >= rules.max_attempts:
+        assignment.status = "failed"
+        assignment.finished_at = now
+        assignment.retry_at = None
+        assignment.ota_state = "failed"
+        add_event(assignment, kind, attempt=assignment.attempts, error=error, final=True, channel=channel, **detail)
+        return
+    assignment.status = "pending"
+    assignment.retry_at = now + timedelta(seconds=rules.wait_s(assignment.attempts))
+    assignment.delivery_expires_at = None
+    add_event(
+        assignment,
+        kind,
+        attempt=assignment.attempts,
+        error=error,
+        retry_at=assignment.retry_at.isoformat(),
+        channel=channel,
+        **detail,
+    )
+
+
+def report_failure(assignment: Assignment, *, error: str, rules: AttemptRules, channel: str) -> None:
+    """The device reports ``failed``: a final error fails the assignment at once; any other ends an attempt."""
+    if error in FINAL_ERRORS:
+        mark_failed(assignment, error=error, channel=channel)
+    else:
+        end_attempt(assignment, error=error, kind="attempt_failed", rules=rules, channel=channel)
 
 
 def mark_failed(assignment: Assignment, *, error: str, channel: str, actor: str | None = None) -> None:

@@ -40,6 +40,8 @@ class Rollout(Base):
     failure_min_devices: Mapped[int] = mapped_column(Integer)
     stage_window_s: Mapped[int] = mapped_column(Integer)
     include_new_devices: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Overrides of the delivery policy (over the release's) for the assignments it makes.
+    delivery_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     start_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     current_stage: Mapped[int] = mapped_column(Integer, default=-1)  # the last started stage; -1: none yet
     # When the engine last looked for devices that came to match the target (include_new_devices).

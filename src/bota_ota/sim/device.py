@@ -1,18 +1,31 @@
 """One simulated Bota device: a heartbeat loop and an OTA state machine, driven only over HTTP.
 
     idle ──manifest──► downloading ──► verifying ──► writing ──► rebooting ──► idle (new version)
-                          │               │             │
+                          │               │             │            │
+                          │               │             │            └─ boot loop ──► idle, old version, no report
                           └─ 10 retries ──┴─ mismatch ──┴─ power loss ──► failed report, old version
+                          │               │
+                          └── ota_abort ──┴──► idle, image discarded, nothing more reported
 
-It does what docs/device-protocol.md asks of firmware: heartbeat at the interval the server returns,
-report progress in the ``ota`` block, resume a broken download with ``Range``, retry up to 10 times
-with backoff, wait for a fresh URL after a 403, check size/CRC32/SHA-256 before flashing, report the
-new version after the reboot, and never start a transfer while recording.
+It does what docs/device-protocol.md and the update lifecycle (ota_deferred reasons, ota_abort, retried
+attempts) ask of firmware: heartbeat at the interval the server returns, report progress in the ``ota``
+block (a heartbeat goes out at once on entering ``writing`` and ``rebooting``), resume a broken download
+with ``Range``, retry up to 10 times with backoff, wait for a fresh URL after a 403, check
+size/CRC32/SHA-256 before flashing, report the new version after the reboot, never start a transfer while
+recording, stop a download the server aborts, and start a fresh attempt when the server delivers an
+assignment again after a failed or rolled-back attempt.
+
+The conditions the server's delivery policy looks at are plain attributes, sent in every heartbeat, that
+a test or a fault sets and clears at run time: ``battery``/``charging`` (:meth:`SimDevice.set_battery`),
+``network`` (:meth:`SimDevice.set_network`), ``storage_free_kb`` (:meth:`SimDevice.set_storage_free_kb`),
+``unsynced_recordings`` (:meth:`SimDevice.set_unsynced_recordings`); :meth:`SimDevice.clear_conditions`
+restores the healthy ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -33,6 +46,9 @@ log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_RETRIES = 10
 CHUNK = 64 * 1024
+NETWORKS = ("wifi", "cellular")
+DEFAULT_STORAGE_FREE_KB = 512 * 1024  # 512 MiB free: room for any image
+LOW_BATTERY = 15  # the ``low_battery`` fault's level (below the default policy's 30 %)
 
 
 @dataclass
@@ -43,6 +59,9 @@ class Timing:
     backoff_max_s: float = 5.0
     interval_override_s: float | None = None
     url_wait_intervals: float = 5.0  # how many heartbeat intervals to wait for a fresh URL after a 403
+    # On entering writing and rebooting the device heartbeats at once and waits (at most this long) until
+    # the server has the report: it is how the server tells a rolled-back attempt from a stalled download.
+    report_wait_s: float = 10.0
 
 
 @dataclass
@@ -55,7 +74,10 @@ class DeviceStats:
     resumed: int = 0
     bytes: int = 0
     expired_urls: int = 0
-    deferred: int = 0
+    deferred: int = 0  # replies with ota_deferred, whatever the reason
+    deferred_by: Counter[str] = field(default_factory=Counter)  # the same, by reason
+    aborted: int = 0  # downloads stopped by ota_abort
+    rolled_back: int = 0  # attempts whose new image did not boot (the bootloader reverted)
 
     def add(self, other: DeviceStats) -> None:
         self.heartbeats += other.heartbeats
@@ -67,6 +89,9 @@ class DeviceStats:
         self.bytes += other.bytes
         self.expired_urls += other.expired_urls
         self.deferred += other.deferred
+        self.deferred_by.update(other.deferred_by)
+        self.aborted += other.aborted
+        self.rolled_back += other.rolled_back
 
 
 @dataclass
@@ -162,8 +187,19 @@ class SimDevice:
         self.job: Job | None = None
         self.ota_report: dict[str, Any] | None = None
         self.progress = 0
+        # The conditions the delivery policy looks at, sent in every heartbeat. A healthy device is on
+        # Wi-Fi with enough battery and room, and nothing left to sync; faults and tests change that.
         self.battery = self.rng.randint(30, 100)
-        self.network = self.rng.choice(["wifi", "cellular"])
+        self.charging = False
+        self.network = "wifi"
+        self.storage_free_kb: int | None = DEFAULT_STORAGE_FREE_KB
+        self.unsynced_recordings: int | None = 0
+        self._healthy_battery = self.battery
+        # Drawn only for a fault that is set: a seed repeats the same run with or without the option.
+        if self.faults.low_battery and self.rng.random() < self.faults.low_battery:
+            self.battery = LOW_BATTERY
+        if self.faults.cellular and self.rng.random() < self.faults.cellular:
+            self.network = "cellular"
         self._wake = asyncio.Event()
         self._url_renewed = asyncio.Event()
         self._powered = asyncio.Event()
@@ -173,9 +209,17 @@ class SimDevice:
         self._ble_free.set()
         self._task: asyncio.Task[None] | None = None
         self.unauthorized = False
-        # Assignments this device finished (applied or gave up on): a manifest for one of them that
-        # was already in flight when the update ended must not start it again.
+        # Assignments this device is done with (applied, or aborted by the server): a manifest for one of
+        # them that was already in flight when the update ended must not start it again.
         self._finished: set[str] = set()
+        # Assignments whose last attempt ended (failed, or rolled back by the bootloader) and the server
+        # has not been told yet. A manifest for one of them in the reply to a heartbeat sent before the
+        # server knew is stale; once it knows, a manifest for it is a new attempt (a retry).
+        self._ended_untold: set[str] = set()
+        # Each new ota report gets a number; the highest one a heartbeat carried to the server (a 200).
+        self._report_seq = 0
+        self._told_seq = 0
+        self._told = asyncio.Event()
         self._heartbeat_in_flight = False
 
     # ---- public controls ---------------------------------------------------------------------
@@ -189,6 +233,60 @@ class SimDevice:
     def stop_recording(self) -> None:
         self.recording_until = 0.0
         self._wake.set()
+
+    def set_battery(self, level: int, *, charging: bool | None = None) -> None:
+        """The battery percentage, and whether the device is on external power (unchanged if not given)."""
+        if not 0 <= level <= 100:
+            raise ValueError(f"battery is a percentage 0-100, got {level}")
+        self.battery = level
+        if charging is not None:
+            self.charging = charging
+        self._wake.set()
+
+    def set_charging(self, charging: bool) -> None:
+        self.charging = charging
+        self._wake.set()
+
+    def set_network(self, network: str) -> None:
+        """The link the next heartbeats (and downloads) go over: ``wifi`` or ``cellular``."""
+        if network not in NETWORKS:
+            raise ValueError(f"network is one of {', '.join(NETWORKS)}, got {network!r}")
+        self.network = network
+        self._wake.set()
+
+    def set_storage_free_kb(self, kb: int | None) -> None:
+        """Free space for the image, in KiB (None: not reported, which never blocks a delivery)."""
+        if kb is not None and kb < 0:
+            raise ValueError(f"storage_free_kb is >= 0, got {kb}")
+        self.storage_free_kb = kb
+        self._wake.set()
+
+    def set_unsynced_recordings(self, count: int | None) -> None:
+        """Recordings not synced yet (None: not reported)."""
+        if count is not None and count < 0:
+            raise ValueError(f"unsynced_recordings is >= 0, got {count}")
+        self.unsynced_recordings = count
+        self._wake.set()
+
+    def clear_conditions(self) -> None:
+        """Back to a healthy device: its own battery level (not charging), Wi-Fi, room, nothing unsynced."""
+        self.battery = self._healthy_battery
+        self.charging = False
+        self.network = "wifi"
+        self.storage_free_kb = DEFAULT_STORAGE_FREE_KB
+        self.unsynced_recordings = 0
+        self._wake.set()
+
+    def conditions(self) -> dict[str, Any]:
+        """The delivery conditions as the next heartbeat sends them (None values are left out)."""
+        values = {
+            "battery": self.battery,
+            "charging": self.charging,
+            "network": self.network,
+            "storage_free_kb": self.storage_free_kb,
+            "unsynced_recordings": self.unsynced_recordings,
+        }
+        return {k: v for k, v in values.items() if v is not None}
 
     @property
     def heartbeat_paused(self) -> bool:
@@ -217,12 +315,14 @@ class SimDevice:
             if not self._ble_free.is_set():
                 await _sleep_or(stop, 3600, self._ble_free)
                 continue
+            # Cleared before the heartbeat, not after: a wake-up asked for while it is in flight (a new
+            # state to report) is another heartbeat at once, not one interval later.
+            self._wake.clear()
             self._heartbeat_in_flight = True
             try:
                 await self.heartbeat()
             finally:
                 self._heartbeat_in_flight = False
-            self._wake.clear()
             await _sleep_or(stop, self.interval_s, self._wake)
         if self._task is not None:
             self._task.cancel()
@@ -235,13 +335,14 @@ class SimDevice:
         body: dict[str, Any] = {
             "firmware_version": self.firmware_version,
             "recording": self.recording,
-            "battery": self.battery,
-            "network": self.network,
+            **self.conditions(),
             "rssi": self.rng.randint(-90, -40),
         }
         report = self.ota_report
         if report is not None:
             body["ota"] = report
+        seq = self._report_seq
+        ended = set(self._ended_untold)  # what this heartbeat tells the server: those attempts ended
         try:
             async with self.net.heartbeat_slots:
                 r = await self.net.heartbeats.post(
@@ -259,17 +360,60 @@ class SimDevice:
             self.stats.heartbeat_errors += 1
             return None
         self.stats.heartbeats += 1
-        reply: dict[str, Any] = r.json()
         if report is not None and report.get("state") == "failed" and self.ota_report is report:
             self.ota_report = None  # the failure was delivered
+        self._ended_untold -= ended
+        if seq > self._told_seq:
+            self._told_seq = seq
+            self._told.set()
+        reply: dict[str, Any] = r.json()
+        await self.handle_reply(reply)
+        return reply
+
+    async def handle_reply(self, reply: dict[str, Any]) -> None:
+        """Act on a heartbeat reply: the interval, ``ota_deferred``, ``ota_abort`` and a manifest."""
         if not self.timing.interval_override_s:
             self.interval_s = float(reply.get("heartbeat_interval_s") or 60)
-        if reply.get("ota_deferred"):
+        deferred = reply.get("ota_deferred")
+        if deferred:
+            # recording, battery_low, network, storage, unsynced_recordings, retry_wait: the server holds
+            # the update back; nothing to do but keep heartbeating (and, for a recording, not record less).
             self.stats.deferred += 1
+            self.stats.deferred_by[str(deferred)] += 1
+            log.debug("%s: update deferred (%s)", self.device_id, deferred)
+        abort = reply.get("ota_abort")
+        if abort:
+            await self.abort(str(abort))
         manifest = reply.get("ota")
         if manifest:
             self._on_manifest(manifest)
-        return reply
+
+    async def abort(self, assignment_id: str) -> bool:
+        """The server said ``ota_abort``: stop working on that assignment if flash writing has not begun —
+        stop the download, discard the partial image, forget the job and report nothing more about it.
+        Writing or rebooting, it is too late: the update finishes and the device reports what it runs.
+        Returns whether the job was dropped."""
+        job = self.job
+        if job is None or job.assignment_id != assignment_id:
+            return False  # not (or no longer) working on it: nothing to stop
+        if self.state not in ("idle", "downloading", "verifying"):  # idle: the task has not started yet
+            log.info("%s: ota_abort for %s while %s: finishing", self.device_id, assignment_id, self.state)
+            return False
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            # Wait for it to unwind (its download stream closed, its image removed) before anything else
+            # may use the flash file. asyncio.wait does not raise the task's CancelledError here.
+            await asyncio.wait({task})
+        self.flash_path.unlink(missing_ok=True)
+        self._finished.add(assignment_id)  # never restarted by a manifest already in flight
+        self.job = None
+        self.ota_report = None
+        self.state = "idle"
+        self.progress = 0
+        self.stats.aborted += 1
+        log.info("%s: aborted %s as the server asked", self.device_id, assignment_id)
+        return True
 
     def _on_manifest(self, manifest: dict[str, Any]) -> None:
         job = Job.from_manifest(manifest)
@@ -279,7 +423,11 @@ class SimDevice:
                 self.job.url, self.job.expires_at = job.url, job.expires_at
                 self._url_renewed.set()
             return
-        if self.state != "idle" or self.recording or job.assignment_id in self._finished:
+        if self.state != "idle" or self.recording or self.job is not None:
+            return
+        if job.assignment_id in self._finished or job.assignment_id in self._ended_untold:
+            # Done with it, or its last attempt ended and the server does not know yet: this manifest was
+            # sent before it did. Once it knows, a manifest for the same assignment is a new attempt.
             return
         if job.version == self.firmware_version:
             return  # a stale manifest (a reply to a heartbeat sent before we rebooted onto it)
@@ -296,6 +444,21 @@ class SimDevice:
         if error is not None:
             report["error"] = error
         self.ota_report = report
+        self._report_seq += 1
+
+    async def _tell_now(self) -> None:
+        """Heartbeat at once with the current report, and wait until the server has it (at most
+        ``Timing.report_wait_s``: with no server to tell, a real device goes on regardless)."""
+        wanted = self._report_seq
+        self._wake.set()
+        deadline = time.monotonic() + self.timing.report_wait_s
+        while self._told_seq < wanted:
+            self._told.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._told.wait(), timeout=remaining)
 
     async def _update(self, job: Job) -> None:
         try:
@@ -307,12 +470,18 @@ class SimDevice:
                 self._fail(error)
                 return
             self._report("writing", 0)
+            await self._tell_now()
             await asyncio.sleep(self.timing.write_s)
             if self.faults.power_loss and self.rng.random() < self.faults.power_loss:
                 await self._reboot()  # power comes back; the half-written image is discarded
                 self._fail("power_loss")
                 return
             self._report("rebooting")
+            await self._tell_now()
+            if self.faults.bootloop and self.rng.random() < self.faults.bootloop:
+                await self._reboot()
+                self._rolled_back()
+                return
             await self._reboot()
             self.firmware_version = job.version
             self._finished.add(job.assignment_id)
@@ -334,10 +503,22 @@ class SimDevice:
     def _fail(self, error: str) -> None:
         self.stats.failed[error] += 1
         if self.job is not None:
-            self._finished.add(self.job.assignment_id)
+            self._ended_untold.add(self.job.assignment_id)
         self._report("failed", error=error)
         self.job = None
         self.state = "idle"
+
+    def _rolled_back(self) -> None:
+        """The new image did not boot and the bootloader went back to the old one: the device runs its
+        old version and knows nothing of the update (no ``ota`` block); the server sees the rollback."""
+        assert self.job is not None
+        log.info("%s: %s did not boot; back on %s", self.device_id, self.job.version, self.firmware_version)
+        self.stats.rolled_back += 1
+        self._ended_untold.add(self.job.assignment_id)
+        self.ota_report = None
+        self.job = None
+        self.state = "idle"
+        self.progress = 0
 
     async def _reboot(self) -> None:
         self._powered.clear()

@@ -1,6 +1,6 @@
 """Fault injection for simulated devices.
 
-Faults are probabilities, parsed from ``drop=0.2,corrupt=0.05,expire=0.1,power_loss=0.05,record=0.01``:
+Faults are probabilities, parsed from ``drop=0.2,corrupt=0.05,expire=0.1,power_loss=0.05,bootloop=0.1,record=0.01``:
 
 - ``drop``: a download's TCP connection is cut at a random point (once per download; the device
   resumes with a Range request). The cut happens in :class:`FaultProxy`, a small TCP proxy between
@@ -10,6 +10,15 @@ Faults are probabilities, parsed from ``drop=0.2,corrupt=0.05,expire=0.1,power_l
   fresh URL through the next heartbeat).
 - ``power_loss``: power fails while writing flash; the device comes back on its old version and
   reports ``failed`` with ``power_loss``.
+- ``bootloop``: the new image does not boot (per attempt, drawn after flashing): the device reports
+  ``writing`` and ``rebooting`` as usual, then comes back on its OLD version with no ``ota`` block, as
+  when the bootloader reverts. The server counts a rolled-back attempt and, after a backoff, delivers
+  the assignment again: the device then starts a fresh attempt (which may boot-loop again).
+- ``low_battery``: chance per device that its battery is at 15 % and not charging, so the delivery
+  policy (30 % unless charging, by default) holds its updates back (``ota_deferred: "battery_low"``)
+  until the condition is cleared (``SimDevice.set_battery`` / ``clear_conditions``).
+- ``cellular``: chance per device that it is on cellular rather than Wi-Fi (held back with
+  ``ota_deferred: "network"`` by a policy that allows Wi-Fi only).
 - ``record``: chance per heartbeat that a recording session starts (lasting ``record_s`` seconds).
 
 Faults apply to every simulated device, or to a share of them (``--fault-devices 20%``): then a canary
@@ -34,6 +43,9 @@ class Faults:
     corrupt: float = 0.0
     expire: float = 0.0
     power_loss: float = 0.0
+    bootloop: float = 0.0
+    low_battery: float = 0.0
+    cellular: float = 0.0
     record: float = 0.0
     record_s: float = 20.0
 
