@@ -303,3 +303,16 @@ def test_an_operators_assignment_of_a_draft_is_offered_drafts_alone_are_not(admi
         assignment["id"],
         draft_id,
     )
+
+
+def test_a_bluetooth_update_cannot_start_while_the_device_records(admin: ApiClient, app_user: App) -> None:
+    device = owned_device(admin, app_user, version="v1.0.0")
+    release = admin.release("v1.0.1", bin=firmware_bytes(1000), ufw=firmware_bytes(2000))
+    relay = f"/devices/{device['id']}/relay"
+    app_user.post(relay, json={"firmware_version": "v1.0.0", "recording": True})
+    started = {"release_id": release["id"], "state": "started"}
+    refused = app_user.post(f"/devices/{device['id']}/ble-ota", json=started)
+    assert_problem(refused, 409, field="state")
+    assert refused.json()["reason"] == "recording"
+    app_user.post(relay, json={"firmware_version": "v1.0.0", "recording": False})
+    assert app_user.post(f"/devices/{device['id']}/ble-ota", json=started).status_code == 200

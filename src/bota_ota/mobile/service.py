@@ -279,6 +279,14 @@ def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str
         )
     if release.artifact("ufw") is None:
         raise ValidationFailed(f"release {release.version} has no .ufw file", field="release_id")
+    if body.state == "started" and device.recording:
+        # No firmware transfer while recording, over Bluetooth either: the device's last known state (its
+        # heartbeat or the app's relay) says it records.
+        raise Conflict(
+            "the device is recording: a Bluetooth update cannot start until the recording ends",
+            field="state",
+            reason="recording",
+        )
     error = (body.error or "").strip() or None
     if body.state == "failed" and error is None:
         error = "unknown"

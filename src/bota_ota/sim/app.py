@@ -38,7 +38,10 @@ Progress = Callable[[int, int], None]
 
 
 class AppError(Exception):
-    pass
+    def __init__(self, message: str, *, status: int | None = None, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem or {}
 
 
 class WrongDeviceError(AppError):
@@ -79,10 +82,11 @@ class ReferenceApp:
         r = await self.http.request(method, "/api/app/v1" + url, headers=headers, **kw)
         if r.status_code >= 400:
             try:
-                detail = r.json().get("detail", r.text)
+                problem = dict(r.json())
             except ValueError:
-                detail = r.text
-            raise AppError(f"{method} {url}: {r.status_code} {detail}")
+                problem = {}
+            detail = problem.get("detail", r.text)
+            raise AppError(f"{method} {url}: {r.status_code} {detail}", status=r.status_code, problem=problem)
         return r.json()
 
     async def login(self, email: str, password: str) -> None:
@@ -194,7 +198,14 @@ class ReferenceApp:
             # START names the model the server chose the release for, not the one the peer reports: if the
             # phone is connected to another device than ``device_id``, the device refuses with WRONG_MODEL.
             model = (await self.device(device_id))["model"]
-            await self.report(device_id, offer, "started")
+            try:
+                await self.report(device_id, offer, "started")
+            except AppError as exc:
+                if exc.status == 409 and exc.problem.get("reason") == "recording":
+                    # The server knows the device records (relayed): no transfer starts, nothing is written.
+                    outcome.outcome, outcome.result = "failed", "RECORDING"
+                    return outcome
+                raise
             started = time.monotonic()
             try:
                 report = await push_image(
