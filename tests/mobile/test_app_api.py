@@ -85,6 +85,7 @@ def test_newer_released_ufw_is_offered_drafts_and_bin_only_are_not(admin: ApiCli
         "release": None,
         "assignment": None,
         "message": None,
+        "blocked": None,
     }
     admin.release("v1.0.1", bin=firmware_bytes(1000), ufw=firmware_bytes(3000))
     admin.release("v1.0.2", bin=firmware_bytes(1000))  # no .ufw: cannot go over BLE
@@ -311,8 +312,12 @@ def test_a_bluetooth_update_cannot_start_while_the_device_records(admin: ApiClie
     relay = f"/devices/{device['id']}/relay"
     app_user.post(relay, json={"firmware_version": "v1.0.0", "recording": True})
     started = {"release_id": release["id"], "state": "started"}
+    offer = app_user.get(f"/devices/{device['id']}/firmware-update").json()
+    assert (offer["update_available"], offer["blocked"]) == (True, "recording")
+    assert "recording" in offer["message"]
     refused = app_user.post(f"/devices/{device['id']}/ble-ota", json=started)
     assert_problem(refused, 409, field="state")
     assert refused.json()["reason"] == "recording"
     app_user.post(relay, json={"firmware_version": "v1.0.0", "recording": False})
+    assert app_user.get(f"/devices/{device['id']}/firmware-update").json()["blocked"] is None
     assert app_user.post(f"/devices/{device['id']}/ble-ota", json=started).status_code == 200

@@ -23,6 +23,7 @@ NOTHING = {
     "release": None,
     "assignment": None,
     "message": None,
+    "blocked": None,
 }
 
 

@@ -80,7 +80,14 @@ class FirmwareUpdate(BaseModel):
     assignment: AssignedUpdate | None = Field(
         None, description="The device's active assignment, if any (not a held one), whether or not it has a .ufw"
     )
-    message: str | None = Field(None, description="For people: why no release is offered while one is assigned")
+    message: str | None = Field(
+        None, description="For people: why no release is offered while one is assigned, or why it cannot start now"
+    )
+    blocked: Literal["recording"] | None = Field(
+        None,
+        description="The offered update cannot start now, and why: the device's last known state says it is "
+        "recording (starting it is refused with 409 until a relay says the recording ended)",
+    )
 
 
 class BleMode(InputModel):

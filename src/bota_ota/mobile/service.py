@@ -157,6 +157,15 @@ def _no_update() -> FirmwareUpdate:
 
 
 def firmware_update(session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int) -> FirmwareUpdate:
+    """What the app should offer (``_update_offer``), marked blocked while the device records."""
+    offer = _update_offer(session, device, store, base_url=base_url, ttl_s=ttl_s)
+    if offer.update_available and device.recording:
+        offer.blocked = "recording"
+        offer.message = "The device is recording: the update can start once the recording ends."
+    return offer
+
+
+def _update_offer(session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int) -> FirmwareUpdate:
     """What the app should offer: the active assignment's .ufw, else the newest newer released .ufw.
 
     While the device has an active assignment no other release is offered: one installed meanwhile would
