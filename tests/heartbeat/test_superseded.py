@@ -109,6 +109,7 @@ def test_the_downgrade_scenario_through_the_app_relay(
         "release": None,
         "assignment": None,
         "message": None,
+        "blocked": None,
     }
 
 

@@ -51,30 +51,29 @@ def heartbeat_with_writes(session: Session, call: HeartbeatCall, now: datetime) 
         raise Unauthorized("the device token is unknown (rotated or never issued)")
     hb = call.hb
     assignment = service.active_assignment(session, device.id, lock=True)
-    bin_ref = None
-    if assignment is not None:
-        if call.known_bin is not None and call.known_bin[0] == assignment.release_id:
-            bin_ref = call.known_bin[1]
-        elif assignment.status == "pending" or hb.ota is None or hb.ota.state == "downloading":
-            # The storage check and a manifest need the .bin (a device mid-write needs neither).
-            release = session.get(Release, assignment.release_id)
-            artifact = release.artifact("bin") if release else None
-            if artifact is not None:
-                bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
-    size = bin_ref.size if bin_ref is not None else None
-    plan = plan_heartbeat(device, assignment, hb, now, call.policy, size)
+    # The .bin: for the storage check of a pending assignment (the delivery policy) and for a manifest.
+    bin_ref = _bin(session, call, assignment) if assignment is not None and assignment.status == "pending" else None
+    plan = plan_heartbeat(device, assignment, hb, now, call.policy, bin_ref.size if bin_ref is not None else None)
     if device.ble_connected:  # the device speaks for itself again: BLE mode is over
         record_device_event(session, device.id, "ble.disconnected", reason="device heartbeat")
     apply_telemetry(device, hb, via_ble=False, now=now, pending=call.buffer.peek(device.id))
     if plan.outcome in MANIFEST_OUTCOMES and bin_ref is None and assignment is not None:
-        release = session.get(Release, assignment.release_id)
-        artifact = release.artifact("bin") if release else None
-        if artifact is not None:
-            bin_ref = BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
+        bin_ref = _bin(session, call, assignment)
     reply = build_reply(assignment, bin_ref, plan, call.signer, call.interval_s)
     if assignment is not None:
         _record(assignment, hb, plan, reply.ota, now, call.attempts)
     return reply
+
+
+def _bin(session: Session, call: HeartbeatCall, assignment: Assignment) -> BinRef | None:
+    """The .bin of the assignment's release: the one the read step found, or loaded (None: it has none)."""
+    if call.known_bin is not None and call.known_bin[0] == assignment.release_id:
+        return call.known_bin[1]
+    release = session.get(Release, assignment.release_id)
+    artifact = release.artifact("bin") if release else None
+    if artifact is None:
+        return None
+    return BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
 
 
 def _record(
