@@ -28,6 +28,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "/devices/new": {"id": "BP-CSRF-NEW", "model": "bota-pin"},
     "/devices/{device_id}/assign": {"release_id": "{release_id}"},
     "/assignments/{assignment_id}/cancel": {},
+    "/assignments/{assignment_id}/retry": {},
     "/users": {"email": "new@example.com", "password": "long-enough", "role": "admin"},
     "/users/{user_id}": {"role": "admin"},
     "/tokens": {"name": "sneaky", "role": "admin"},

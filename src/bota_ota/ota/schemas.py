@@ -30,6 +30,8 @@ class AssignmentSummary(BaseModel):
     delivered_at: datetime | None
     ota_state: str | None
     progress: int | None
+    attempts: int = Field(0, description="Failed attempts so far")
+    deferred: str | None = Field(None, description="Why the device's last heartbeat did not get it (pending only)")
 
 
 class AssignmentOut(BaseModel):

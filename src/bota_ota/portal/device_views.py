@@ -119,7 +119,7 @@ def _device_context(session: Session, settings: Settings, device_id: str) -> dic
     out = fleet.device_out(
         device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
     )
-    return {"device": out, "active": active}
+    return {"device": out, "active": active, "max_attempts": settings.max_attempts}
 
 
 def _device_page(session: Session, settings: Settings, device_id: str, tab: str) -> dict[str, Any]:
@@ -191,6 +191,20 @@ def cancel(request: Request, assignment_id: str, user: PortalUser, session: Sess
         assignment = ota_service.get_assignment(session, assignment_id)
         flash(request, f"Not cancelled: {exc.detail}.", error=True)
     return RedirectResponse(f"/devices/{assignment.device_id}?tab=ota", status_code=303)
+
+
+@router.post("/assignments/{assignment_id}/retry", dependencies=[CsrfChecked])
+def retry(request: Request, assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
+    """Retry a failed assignment: a new one for the same device and release, linked to it."""
+    require(user, "operator")
+    old = ota_service.get_assignment(session, assignment_id)
+    try:
+        new = ota_service.retry_assignment(session, assignment_id, actor=f"user:{user.email}")
+    except (ValidationFailed, Conflict) as exc:  # e.g. assigned again meanwhile, or now a downgrade
+        flash(request, f"Not retried: {exc.detail}.", error=True)
+    else:
+        flash(request, f"Retrying {new.version}: a new assignment is pending.")
+    return RedirectResponse(f"/devices/{old.device_id}?tab=ota", status_code=303)
 
 
 @router.post("/devices/{device_id}/tags", response_class=HTMLResponse, dependencies=[CsrfChecked])
