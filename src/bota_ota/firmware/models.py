@@ -3,7 +3,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
@@ -25,6 +37,10 @@ class Release(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
     # Overrides of the server's delivery policy for this release's assignments (firmware/policy.py).
     delivery_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Anti-rollback: part of the signed bytes; a device never installs an image below its own counter.
+    security_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Marked by an admin: the model's floor is the highest security_version of its floor releases.
+    security_floor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="release", cascade="all, delete-orphan", lazy="selectin", order_by="Artifact.kind"
@@ -51,5 +67,34 @@ class Artifact(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     crc32: Mapped[int] = mapped_column(BigInteger)  # zlib.crc32, unsigned
     sha256: Mapped[str] = mapped_column(String(64))
+    # Ed25519 over firmware/signing.py's canonical bytes (base64), and the trusted key that verified it.
+    signature: Mapped[str | None] = mapped_column(String(128))
+    key_id: Mapped[str | None] = mapped_column(String(16), index=True)
 
     release: Mapped[Release] = relationship(back_populates="artifacts")
+
+
+class SigningKey(Base):
+    """A trusted public key for release signatures, for some models. Never deleted: revoked."""
+
+    __tablename__ = "signing_keys"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)  # firmware/signing.py key_id
+    name: Mapped[str] = mapped_column(String(200))
+    public_key: Mapped[str] = mapped_column(Text)  # PEM, SubjectPublicKeyInfo
+    models: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class ModelSettings(Base):
+    """Per-model settings an admin changes at run time (a model without a row has the defaults)."""
+
+    __tablename__ = "model_settings"
+
+    model: Mapped[str] = mapped_column(String(32), primary_key=True)
+    require_signed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
