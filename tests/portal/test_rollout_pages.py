@@ -159,6 +159,10 @@ def test_a_group_target(
         ({"advance": "sideways"}, "advance"),
         ({"target_kind": "group", "group_id": ""}, "group_id"),
         ({"target_kind": "group", "group_id": "no-such-group"}, "group_id"),
+        ({"policy_min_battery": "150"}, "policy_min_battery"),
+        ({"policy_min_battery": "-1"}, "policy_min_battery"),
+        ({"policy_min_battery": "lots"}, "policy_min_battery"),
+        ({"policy_min_battery": "50.5"}, "policy_min_battery"),
     ],
 )
 def test_invalid_values_show_an_error_beside_the_field_and_create_nothing(
@@ -184,6 +188,44 @@ def test_invalid_values_show_an_error_beside_the_field_and_create_nothing(
     for key in ("name", "stages", "tags", "stage_window_h"):  # what was typed is still there
         assert values[key] == form[key], key
     assert admin.get("/api/v1/rollouts").json() == []
+
+
+def test_the_form_sets_the_rollouts_delivery_policy(
+    client: TestClient, admin: ApiClient, portal_user: tuple[str, str], fleet: dict[str, Any]
+) -> None:
+    sign_in(client, *portal_user)
+    page = html(client.get(f"/rollouts/new?release_id={fleet['new']['id']}"))
+    policy = page.by_id("delivery-policy")
+    assert page.by_id("policy_min_battery").attr("value") == ""
+    boxes = {b.attr("name"): b for b in policy.find_all("input", type="checkbox")}
+    assert set(boxes) == {"policy_wifi_only", "policy_defer_while_unsynced"}
+    assert not any("checked" in b.attrs for b in boxes.values())  # left alone, nothing is overridden
+
+    form = {"csrf_token": csrf(client, "/"), "release_id": fleet["new"]["id"], "name": "careful",
+            "target_kind": "filter", "tags": "beta", "stages": "100", "policy_min_battery": " 60 % ",
+            "policy_wifi_only": "on"}  # fmt: skip
+    r = client.post("/rollouts/new", data=form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    rollout_id = r.headers["location"].rsplit("/", 1)[1]
+    body = admin.get(f"/api/v1/rollouts/{rollout_id}").json()
+    assert body["delivery_policy"] == {"min_battery": 60, "networks": ["wifi"]}
+    made = admin.get("/api/v1/assignments", params={"rollout_id": rollout_id}).json()
+    assert {a["device_id"] for a in made} == {"BP-RO-1", "BP-RO-2"}
+    for a in made:
+        assert admin.get(f"/api/v1/assignments/{a['id']}").json()["policy"] == body["delivery_policy"]
+    page = html(client.get(r.headers["location"]))
+    assert page.by_id("rollout-policy").text == "delivery: battery at least 60 % unless charging · Wi-Fi only"
+
+    admin.post(f"/api/v1/rollouts/{rollout_id}/cancel")  # its devices are free for the next one
+    form = {**form, "name": "plain", "policy_min_battery": "", "policy_wifi_only": "",
+            "policy_defer_while_unsynced": "on"}  # fmt: skip
+    r = client.post("/rollouts/new", data=form, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    body = admin.get(r.headers["location"].replace("/rollouts/", "/api/v1/rollouts/")).json()
+    assert body["delivery_policy"] == {"defer_while_unsynced": True}
+    assert html(client.get(r.headers["location"])).by_id("rollout-policy").text == (
+        "delivery: waits for unsynced recordings"
+    )
 
 
 def test_the_preview_fragment_counts_the_devices(client: TestClient, sessions: Any, fleet: dict[str, Any]) -> None:
@@ -299,6 +341,47 @@ def test_the_rollout_page_shows_stages_failures_and_history(
     listed = html(client.get(f"/assignments?rollout_id={rollout['id']}&status=failed"))
     assert [row[0] for row in table_rows(listed)] == ["BP-RO-2"]
     assert "everyone" in listed.by_id("rollout-filter").text
+
+
+def stage_cells(page: Element) -> list[Element]:
+    return page.find_all("td", class_="stage-counts nowrap")
+
+
+def stage_total(page: Element, key: str) -> int:
+    return sum(int(td.attr(f"data-{key}") or 0) for td in stage_cells(page))
+
+
+def test_the_rollout_page_shows_superseded_retrying_and_deferred_devices(
+    client: TestClient, admin: ApiClient, portal_user: tuple[str, str], fleet: dict[str, Any]
+) -> None:
+    rollout = rollout_via_api(admin, fleet["new"]["id"], name="waiting", advance="manual")
+    admin.post(f"/api/v1/rollouts/{rollout['id']}/advance")  # both stages started: BP-RO-1 and BP-RO-2 assigned
+    tokens = {d["id"]: d["token"] for d in fleet["devices"].values()}
+    heartbeat(admin.client, tokens["BP-RO-1"], firmware_version="v1.2.0")  # newer than the release: superseded
+    reply = heartbeat(admin.client, tokens["BP-RO-2"], battery=10, charging=False).json()
+    assert reply["ota_deferred"] == "battery_low"
+
+    sign_in(client, *portal_user)
+    path = f"/rollouts/{rollout['id']}"
+    page = html(client.get(path))
+    assert (stage_total(page, "superseded"), stage_total(page, "deferred"), stage_total(page, "retrying")) == (1, 1, 0)
+    texts = " ".join(td.text for td in stage_cells(page))
+    assert "1 superseded" in texts and "1 deferred: battery low 1" in texts
+    assert page.find("dd", data_total="superseded").text.startswith("1")  # type: ignore[union-attr]
+    assert page.find("dd", data_total="deferred").text == "1 (battery low 1)"  # type: ignore[union-attr]
+
+    # Delivered once the battery is charged, the download fails: pending again, retrying after a wait.
+    reply = heartbeat(admin.client, tokens["BP-RO-2"], battery=90).json()
+    ota = {"assignment_id": reply["ota"]["assignment_id"], "state": "failed", "error": "download_failed"}
+    heartbeat(admin.client, tokens["BP-RO-2"], ota=ota)
+    assert heartbeat(admin.client, tokens["BP-RO-2"]).json()["ota_deferred"] == "retry_wait"
+    fragment = html(client.get(f"{path}/progress?seen=x"))
+    assert (stage_total(fragment, "retrying"), stage_total(fragment, "deferred")) == (1, 1)
+    texts = " ".join(td.text for td in stage_cells(fragment))
+    assert "1 retrying · 1 deferred: waiting to retry 1" in texts
+    assert fragment.find("dd", data_total="deferred").text == "1 (waiting to retry 1)"  # type: ignore[union-attr]
+    listed = html(client.get("/rollouts")).by_id(f"rollout-{rollout['id']}")
+    assert "+ 1 superseded" in listed.text
 
 
 def test_the_progress_fragment_follows_the_devices(

@@ -40,6 +40,12 @@ ACTIONS = ("pause", "resume", "cancel", "advance", "retry-failed")
 # ---- helpers -----------------------------------------------------------------------------------------------
 
 
+def counts(**nonzero: int) -> dict[str, Any]:
+    """A stage's counts: zero but for those given."""
+    zero = dict.fromkeys(("pending", "delivered", "applied", "failed", "cancelled", "superseded"), 0)
+    return {**zero, "retrying": 0, "deferred": 0, "deferred_by_reason": {}, **nonzero}
+
+
 def audit(api: ApiClient, rollout_id: str) -> list[dict[str, Any]]:
     r = api.get("/api/v1/audit", params={"target_id": rollout_id, "limit": 1000})
     assert r.status_code == 200, r.text
@@ -72,19 +78,22 @@ def test_create_answers_a_running_rollout_with_its_stages_and_totals(admin: ApiC
     assert first["started_at"] is not None and first["done_reason"] is None
     assert (second["index"], second["percent"], second["status"], second["devices"]) == (1, 100, "waiting", 0)
     assert second["started_at"] is None
-    assert second["counts"] == {"pending": 0, "delivered": 0, "applied": 0, "failed": 0, "cancelled": 0}
+    assert second["counts"] == counts()
     # The first stage was started in the request: its devices are assigned, pending.
     placed = first["devices"]
-    assert first["counts"] == {"pending": placed, "delivered": 0, "applied": 0, "failed": 0, "cancelled": 0}
+    assert first["counts"] == counts(pending=placed)
     assert body["totals"] == {
         "targeted": placed,
         "assigned": placed,
         "applied": 0,
+        "superseded": 0,
         "failed": 0,
+        "deferred": 0,
         "waiting_offline": 0,
         "skipped": {"up_to_date": 0, "busy": 0},
     }
-    assert body["failures_by_error"] == {}
+    assert body["failures_by_error"] == {} and body["deferred_by_reason"] == {}
+    assert body["delivery_policy"] is None
     assert len(assigned_devices(admin, body["id"], "pending")) == placed
     assert assigned_devices(admin, body["id"]) <= {d["id"] for d in devices}
 

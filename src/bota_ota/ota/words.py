@@ -30,6 +30,16 @@ DEFERRALS: dict[str, str] = {
     "unsynced_recordings": "the device has recordings that are not uploaded yet",
 }
 
+# The same reasons in a few words, where a list or a chart has no room for a sentence.
+DEFERRAL_LABELS: dict[str, str] = {
+    "recording": "recording",
+    "retry_wait": "waiting to retry",
+    "battery_low": "battery low",
+    "network": "network not allowed",
+    "storage": "not enough storage",
+    "unsynced_recordings": "unsynced recordings",
+}
+
 
 def explain_error(code: str | None) -> str:
     """A sentence for an error code; codes the server does not know are the device's own words."""
@@ -40,3 +50,7 @@ def explain_error(code: str | None) -> str:
 
 def explain_deferral(reason: str | None) -> str:
     return DEFERRALS.get(reason or "", reason or "")
+
+
+def deferral_label(reason: str | None) -> str:
+    return DEFERRAL_LABELS.get(reason or "", reason or "")

@@ -13,7 +13,7 @@ from fastapi.templating import Jinja2Templates
 from bota_ota.accounts.models import User
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Forbidden
-from bota_ota.ota.words import explain_deferral, explain_error
+from bota_ota.ota.words import deferral_label, explain_deferral, explain_error
 from bota_ota.portal.auth import can, csrf_token
 from bota_ota.portal.forms import detail_text, duration, filter_summary, pct
 
@@ -28,6 +28,7 @@ templates.env.filters["filter_summary"] = filter_summary
 templates.env.filters["detail_text"] = detail_text
 templates.env.filters["explain_error"] = explain_error
 templates.env.filters["explain_deferral"] = explain_deferral
+templates.env.filters["deferral_label"] = deferral_label
 
 PAGE_SIZE = 50
 

@@ -1,5 +1,6 @@
-"""Portal: rollouts — the list, the Deploy form with its live preview, the rollout page (stages polled live,
-failures by error, the event history) and the operator's actions (pause, resume, advance, retry, cancel)."""
+"""Portal: rollouts — the list, the Deploy form with its live preview (and the rollout's delivery policy), the
+rollout page (stages polled live with applied, superseded, retrying and deferred devices, failures by error,
+the event history) and the operator's actions (pause, resume, advance, retry, cancel)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from bota_ota.core.errors import Conflict, DomainError, NotFound
 from bota_ota.devices import groups as group_service
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.models import Release
+from bota_ota.firmware.policy import DEFERRALS
+from bota_ota.ota.words import deferral_label
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import PAGE_SIZE, listing, render, require
 from bota_ota.portal.forms import field_errors, filter_from_form, split_list
@@ -46,6 +49,14 @@ DEFAULTS = {
     "include_new_devices": "on",
 }
 MAX_WINDOW_H = 90 * 24
+# The delivery policy's form fields, by the policy's key; a field left empty (unchecked) does not override.
+POLICY_FIELDS = {
+    "min_battery": "policy_min_battery",
+    "networks": "policy_wifi_only",
+    "defer_while_unsynced": "policy_defer_while_unsynced",
+}
+BATTERY_MESSAGE = "the minimum battery is a whole percentage from 0 to 100"
+# Why a pending update waits (firmware/policy.py DEFERRALS), in a few plain words for the stage table.
 WINDOW_MESSAGE = f"the stage window is from 1 minute (0.02 hours) to 90 days ({MAX_WINDOW_H} hours)"
 
 # What each action is called, which statuses allow it (as the service checks), and what the flash says.
@@ -89,6 +100,28 @@ def _stages(form: Mapping[str, str]) -> list[str]:
     return [s.rstrip("%") for s in split_list(form.get("stages", ""))]
 
 
+def _policy(form: Mapping[str, str]) -> dict[str, Any] | None:
+    """The delivery policy overrides the form gives (the schema checks them), or None when it gives none."""
+    policy: dict[str, Any] = {}
+    battery = form.get(POLICY_FIELDS["min_battery"], "").strip().rstrip("%").strip()
+    if battery:
+        policy["min_battery"] = battery
+    if form.get(POLICY_FIELDS["networks"]) == "on":
+        policy["networks"] = ["wifi"]
+    if form.get(POLICY_FIELDS["defer_while_unsynced"]) == "on":
+        policy["defer_while_unsynced"] = True
+    return policy or None
+
+
+def _field_for(loc: tuple[Any, ...]) -> str:
+    """The form field of a pydantic location in RolloutCreate."""
+    if loc[0] == "stage_window_s":
+        return "stage_window_h"
+    if loc[0] == "delivery_policy":
+        return POLICY_FIELDS.get(str(loc[1]) if len(loc) > 1 else "", POLICY_FIELDS["min_battery"])
+    return str(loc[0])
+
+
 def _rollout_body(form: Mapping[str, str], release: Release) -> tuple[RolloutCreate | None, dict[str, str]]:
     """The form as the service's command, or the messages per form field."""
     target, errors = _target(form, release)
@@ -99,6 +132,7 @@ def _rollout_body(form: Mapping[str, str], release: Release) -> tuple[RolloutCre
         "stages": _stages(form),
         "advance": form.get("advance") or "auto",
         "include_new_devices": form.get("include_new_devices") == "on",
+        "delivery_policy": _policy(form),
     }
     if not raw["stages"]:
         errors["stages"] = "Give the stages as cumulative percentages, e.g. 1, 10, 100."
@@ -118,12 +152,9 @@ def _rollout_body(form: Mapping[str, str], release: Release) -> tuple[RolloutCre
     try:
         body = RolloutCreate.model_validate(raw)
     except ValidationError as exc:
-
-        def name_for(loc: tuple[Any, ...]) -> str:
-            return "stage_window_h" if loc[0] == "stage_window_s" else str(loc[0])
-
-        for field, message in field_errors(exc, name_for).items():
-            errors.setdefault(field, WINDOW_MESSAGE if field == "stage_window_h" else message)
+        plain = {"stage_window_h": WINDOW_MESSAGE, POLICY_FIELDS["min_battery"]: BATTERY_MESSAGE}
+        for field, message in field_errors(exc, _field_for).items():
+            errors.setdefault(field, plain.get(field, message))
         return None, errors
     return (body, {}) if not errors else (None, errors)
 
@@ -257,6 +288,29 @@ def open_rollouts(session: Session) -> list[RolloutOut]:
 # ---- the rollout page ------------------------------------------------------------------------------------------
 
 
+def deferral_list(by_reason: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Deferred devices by reason in plain words, in the order the server checks the reasons."""
+    order = {reason: k for k, reason in enumerate(DEFERRALS)}
+    reasons = sorted(by_reason.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+    return [(deferral_label(reason), count) for reason, count in reasons if count]
+
+
+def policy_words(policy: Mapping[str, Any] | None) -> str:
+    """A rollout's delivery policy overrides in words: ``battery at least 50 % · Wi-Fi only``."""
+    if not policy:
+        return ""
+    parts = []
+    if "min_battery" in policy:
+        parts.append(f"battery at least {policy['min_battery']} % unless charging")
+    if "networks" in policy:
+        networks = list(policy["networks"])
+        parts.append("Wi-Fi only" if networks == ["wifi"] else "over " + " or ".join(networks))
+    if "defer_while_unsynced" in policy:
+        unsynced = "waits for" if policy["defer_while_unsynced"] else "ignores"
+        parts.append(f"{unsynced} unsynced recordings")
+    return " · ".join(parts)
+
+
 def _seen(r: RolloutOut) -> str:
     """What the page last showed of the status line and the buttons: when it changes, the poll swaps them."""
     return f"{r.status}:{r.current_stage}"
@@ -272,6 +326,8 @@ def _page_context(session: Session, rollout_id: str, *, events: bool) -> dict[st
         "live": detail.status in OPEN_STATUSES,
         "actions": {slug: label for slug, (label, allowed) in ACTIONS.items() if detail.status in allowed},
         "group_exists": bool(group) and _group_exists(session, str(group)),
+        "deferral_list": deferral_list,
+        "policy_words": policy_words,
     }
 
 

@@ -15,11 +15,13 @@ The rules (docs/rollouts.md):
   joins when that one ends) or ``up_to_date`` (already on the release's version or newer: skipped, never
   downgraded).
 * A running stage is **done** when ``success_threshold_pct`` of its devices that need the update have
-  applied it, or, once its window (``stage_window_s``) has passed, when that share of the devices it
-  *reached* have; devices not reached by then (still pending, or busy) are reported as
-  ``waiting_offline`` and stay assigned.
+  applied it (or superseded it: reported a newer version, so they are up to date), or, once its window
+  (``stage_window_s``) has passed, when that share of the devices it *reached* have; devices not reached
+  by then (still pending, or busy) are reported as ``waiting_offline`` and stay assigned.
 * **The failure gate**: when more than ``failure_threshold_pct`` of a started stage's devices that need
   the update have failed, and at least ``failure_min_devices`` have, the rollout pauses itself.
+* Every assignment the rollout makes keeps the delivery policy overrides in force: the release's, with the
+  rollout's over them (``assignment_policy``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from sqlalchemy import (
     insert,
     literal,
     literal_column,
+    null,
     or_,
     select,
     true,
@@ -58,6 +61,8 @@ from bota_ota.core.settings import Settings
 from bota_ota.devices.filters import apply_filter, parse_filter
 from bota_ota.devices.models import Device, DeviceGroup
 from bota_ota.devices.schemas import DeviceFilter
+from bota_ota.firmware.models import Release
+from bota_ota.firmware.policy import merge_overrides
 from bota_ota.firmware.versions import InvalidVersion, parse_version
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment, AssignmentEvent
 from bota_ota.rollouts.models import Rollout, RolloutDevice, RolloutEvent, RolloutStage
@@ -231,12 +236,22 @@ _ASSIGNMENT_COLUMNS = [
     "rollout_id",
     "held",
     "delivery_count",
+    "policy",
 ]
+
+
+def assignment_policy(session: Session, rollout: Rollout) -> dict[str, Any] | None:
+    """The delivery policy overrides an assignment made by the rollout now keeps: the release's as it is now,
+    with the rollout's over them, key by key (None when neither overrides anything)."""
+    release = session.get(Release, rollout.release_id)
+    return merge_overrides(release.delivery_policy if release is not None else None, rollout.delivery_policy)
 
 
 def _assignment_values(session: Session, rollout: Rollout, device_id: Any, now: datetime) -> list[Any]:
     """The columns of ``_ASSIGNMENT_COLUMNS`` for a new pending assignment of this rollout to ``device_id``
-    (held while the rollout is not running)."""
+    (held while the rollout is not running). The policy is worked out here, once per statement, and goes in
+    as one literal: the same for every row."""
+    policy = assignment_policy(session, rollout)
     return [
         _new_id_sql(session),
         device_id,
@@ -248,6 +263,7 @@ def _assignment_values(session: Session, rollout: Rollout, device_id: Any, now: 
         literal(rollout.id),
         false() if rollout.status == "running" else true(),
         literal(0),
+        null() if policy is None else literal(policy, type_=JSON),
     ]
 
 
@@ -376,11 +392,18 @@ class StageState:
     busy: int = 0
     waiting: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    retrying: int = 0  # pending again after a failed attempt
+    deferred: Counter[str] = field(default_factory=Counter)  # pending, by why the last heartbeat did not get it
 
     @property
     def needing(self) -> int:
         """Devices of the stage that need the update (skipped ones do not)."""
         return self.members - self.up_to_date
+
+    @property
+    def succeeded(self) -> int:
+        """Up to date through the rollout: applied it, or superseded it (reported a newer version)."""
+        return self.statuses["applied"] + self.statuses["superseded"]
 
     @property
     def unreached(self) -> int:
@@ -389,15 +412,21 @@ class StageState:
 
 
 def stage_states(session: Session, rollout: Rollout) -> dict[int, StageState]:
+    """Each stage's members by state and their assignments by status, in one grouped statement: a pending
+    assignment also by whether it is retrying and by its deferral reason (both null unless pending, so they
+    add a few groups, not one per device)."""
+    pending = Assignment.status == "pending"
+    retrying = case((and_(pending, or_(Assignment.attempts > 0, Assignment.retry_at.is_not(None))), 1), else_=0)
+    deferred = case((pending, Assignment.deferred))
     rows = session.execute(
-        select(RolloutDevice.stage, RolloutDevice.state, Assignment.status, func.count())
+        select(RolloutDevice.stage, RolloutDevice.state, Assignment.status, retrying, deferred, func.count())
         .select_from(RolloutDevice)
         .outerjoin(Assignment, Assignment.id == RolloutDevice.assignment_id)
         .where(RolloutDevice.rollout_id == rollout.id)
-        .group_by(RolloutDevice.stage, RolloutDevice.state, Assignment.status)
+        .group_by(RolloutDevice.stage, RolloutDevice.state, Assignment.status, retrying, deferred)
     ).all()
     states: dict[int, StageState] = {k: StageState() for k in range(len(rollout.stages))}
-    for stage, state, status, count in rows:
+    for stage, state, status, is_retrying, reason, count in rows:
         s = states.setdefault(stage, StageState())
         s.members += count
         if state == "up_to_date":
@@ -408,6 +437,10 @@ def stage_states(session: Session, rollout: Rollout) -> dict[int, StageState]:
             s.waiting += count
         elif status is not None:
             s.statuses[status] += count
+            if is_retrying:
+                s.retrying += count
+            if reason is not None:
+                s.deferred[str(reason)] += count
     return states
 
 
@@ -530,9 +563,10 @@ def _gate(rollout: Rollout, states: dict[int, StageState], session: Session) -> 
 
 
 def _stage_done(rollout: Rollout, row: RolloutStage, s: StageState, now: datetime) -> str | None:
-    """Why the running stage is done ("success" or "window"), or None."""
+    """Why the running stage is done ("success" or "window"), or None. A superseded assignment is a success:
+    its device reported a newer version, so it is up to date."""
     need = s.needing
-    applied = s.statuses["applied"]
+    applied = s.succeeded
     if need <= 0 or applied * 100 >= rollout.success_threshold_pct * need:
         return "success"
     started = row.started_at or now
@@ -593,6 +627,7 @@ def evaluate(session: Session, rollout: Rollout, settings: Settings, now: dateti
             stage=rollout.current_stage,
             reason=done,
             applied=s.statuses["applied"],
+            superseded=s.statuses["superseded"],
             waiting_offline=s.unreached,
         )
         changed = True

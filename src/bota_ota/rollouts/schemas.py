@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_
 
 from bota_ota.core.schemas import InputModel
 from bota_ota.devices.schemas import DeviceFilter
+from bota_ota.firmware.policy import DeliveryPolicyIn
 
 RolloutStatus = Literal["scheduled", "running", "paused", "completed", "cancelled"]
 MAX_STAGES = 10
@@ -71,6 +72,11 @@ class RolloutCreate(InputModel):
     )
     start_at: datetime | None = Field(None, description="Start later; null starts at once")
     include_new_devices: bool = True
+    delivery_policy: DeliveryPolicyIn | None = Field(
+        None,
+        description="Overrides of the delivery policy for the assignments it makes, over the release's "
+        "(key by key; the rollout's win)",
+    )
 
     @field_validator("start_at")
     @classmethod
@@ -81,11 +87,21 @@ class RolloutCreate(InputModel):
 
 
 class StageCounts(BaseModel):
+    """The stage's assignments by status; ``retrying`` and ``deferred`` are of the pending ones."""
+
     pending: int = 0
     delivered: int = 0
     applied: int = 0
     failed: int = 0
     cancelled: int = 0
+    superseded: int = Field(0, description="The device reported a newer version: up to date, a success")
+    retrying: int = Field(0, description="Of the pending: waiting for another attempt after a failed one")
+    deferred: int = Field(0, description="Of the pending: the device's last heartbeat did not get it")
+    deferred_by_reason: dict[str, int] = Field(
+        default_factory=dict,
+        description="The deferred ones by reason: recording, retry_wait, battery_low, network, storage, "
+        "unsynced_recordings",
+    )
 
 
 class StageOut(BaseModel):
@@ -108,7 +124,9 @@ class Totals(BaseModel):
     targeted: int = Field(description="Devices placed in started stages")
     assigned: int
     applied: int
+    superseded: int = Field(description="Reported a newer version than the release's: up to date")
     failed: int
+    deferred: int = Field(description="Pending, and the device's last heartbeat did not get it")
     waiting_offline: int = Field(description="Assigned but not yet reached (pending), in stages that are done")
     skipped: Skipped
 
@@ -137,10 +155,16 @@ class RolloutOut(BaseModel):
     failure_min_devices: int
     stage_window_s: int
     include_new_devices: bool
+    delivery_policy: dict[str, Any] | None = Field(
+        None, description="The rollout's overrides of the delivery policy (over the release's), as given"
+    )
     current_stage: int = Field(description="Index of the last started stage; -1 before the start")
     stages: list[StageOut]
     totals: Totals
     failures_by_error: dict[str, int]
+    deferred_by_reason: dict[str, int] = Field(
+        default_factory=dict, description="Pending assignments the devices' last heartbeats did not get, by reason"
+    )
 
 
 class RolloutEventOut(BaseModel):

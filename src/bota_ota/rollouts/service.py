@@ -6,6 +6,7 @@ so an action and an evaluation never interleave.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from sqlalchemy import JSON, exists, func, insert, literal, select, update
@@ -18,7 +19,7 @@ from bota_ota.devices.filters import apply_filter, parse_filter
 from bota_ota.devices.models import Device, DeviceGroup
 from bota_ota.devices.schemas import DeviceFilter
 from bota_ota.firmware.models import Release
-from bota_ota.ota.models import ACTIVE_STATUSES, Assignment, AssignmentEvent
+from bota_ota.ota.models import ACTIVE_STATUSES, ASSIGNMENT_STATUSES, Assignment, AssignmentEvent
 from bota_ota.rollouts import engine
 from bota_ota.rollouts.models import OPEN_STATUSES, Rollout, RolloutDevice, RolloutEvent, RolloutStage
 from bota_ota.rollouts.schemas import (
@@ -92,6 +93,7 @@ def preview(session: Session, body: PreviewRequest) -> Preview:
 def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *, actor: str) -> Rollout:
     release = _release_for_rollout(session, body.release_id)
     target, _filter = _target(session, body.target)
+    policy = body.delivery_policy.overrides() if body.delivery_policy is not None else None
     now = utcnow()
     rollout = Rollout(
         name=body.name,
@@ -107,6 +109,7 @@ def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *,
         failure_min_devices=body.failure_min_devices,
         stage_window_s=body.stage_window_s,
         include_new_devices=body.include_new_devices,
+        delivery_policy=policy or None,
         start_at=body.start_at,
         current_stage=-1,
         created_by=actor,
@@ -125,6 +128,7 @@ def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *,
         model=release.model,
         target=target,
         stages=body.stages,
+        **({"delivery_policy": policy} if policy else {}),
     )
     if body.start_at is None or body.start_at <= now:
         engine.evaluate(session, rollout, settings, now)  # starts the first stage now, not at the next tick
@@ -261,10 +265,16 @@ def retry_failed(session: Session, rollout_id: str, *, actor: str) -> int:
 def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
     states = engine.stage_states(session, rollout)
     stages = []
-    targeted = assigned = applied = failed = offline = up_to_date = busy = 0
+    targeted = assigned = applied = superseded = failed = offline = up_to_date = busy = 0
+    deferred: Counter[str] = Counter()
     for row in rollout.stage_rows:
         s = states.get(row.index, engine.StageState())
-        counts = StageCounts(**{k: s.statuses[k] for k in StageCounts.model_fields})
+        counts = StageCounts(
+            **{status: s.statuses[status] for status in ASSIGNMENT_STATUSES},
+            retrying=s.retrying,
+            deferred=s.deferred.total(),
+            deferred_by_reason=dict(s.deferred),
+        )
         stages.append(
             StageOut(
                 index=row.index,
@@ -280,7 +290,9 @@ def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
         targeted += s.members
         assigned += sum(s.statuses.values())
         applied += s.statuses["applied"]
+        superseded += s.statuses["superseded"]
         failed += s.statuses["failed"]
+        deferred.update(s.deferred)
         up_to_date += s.up_to_date
         busy += s.busy
         if row.status == "done":
@@ -303,17 +315,21 @@ def rollout_out(session: Session, rollout: Rollout) -> RolloutOut:
         failure_min_devices=rollout.failure_min_devices,
         stage_window_s=rollout.stage_window_s,
         include_new_devices=rollout.include_new_devices,
+        delivery_policy=rollout.delivery_policy,
         current_stage=rollout.current_stage,
         stages=stages,
         totals=Totals(
             targeted=targeted,
             assigned=assigned,
             applied=applied,
+            superseded=superseded,
             failed=failed,
+            deferred=deferred.total(),
             waiting_offline=offline,
             skipped=Skipped(up_to_date=up_to_date, busy=busy),
         ),
         failures_by_error=engine.failures_by_error(session, rollout),
+        deferred_by_reason=dict(deferred),
     )
 
 
