@@ -58,8 +58,14 @@ def _scenario(server: SimServer) -> None:
 
     # A group by name.
     assert server.api.post("/api/v1/groups", json={"name": "Pins", "filter": {"model": "bota-pin"}}).status_code == 201
-    by_group = rollout("create", "--release", release["id"], "--group", "pins", "--stages", "100")
+    by_group = rollout(
+        "create", "--release", release["id"], "--group", "pins", "--stages", "100", "--wifi-only", "--min-battery", "60"
+    )
     assert by_group.returncode == 0, by_group.stderr
+    gid = re.search(r"rollout ([0-9a-f]{32})", by_group.stdout)
+    assert gid, by_group.stdout
+    made = server.api.get(f"/api/v1/rollouts/{gid.group(1)}").json()
+    assert made["delivery_policy"] == {"networks": ["wifi"], "min_battery": 60}
 
     # Mistakes: a clear message and exit code 2, nothing created.
     before = server.api.get("/api/v1/rollouts").headers["X-Total-Count"]

@@ -77,6 +77,19 @@ def create(
     no_new_devices: Annotated[
         bool, typer.Option("--no-new-devices", help="Do not assign devices that come to match later.")
     ] = False,
+    min_battery: Annotated[
+        int | None,
+        typer.Option(min=0, max=100, help="Delivery policy: battery percent needed unless charging."),
+    ] = None,
+    wifi_only: Annotated[
+        bool, typer.Option("--wifi-only", help="Delivery policy: keep the image off cellular.")
+    ] = False,
+    defer_while_unsynced: Annotated[
+        bool,
+        typer.Option(
+            "--defer-while-unsynced", help="Delivery policy: wait until the device's recordings are uploaded."
+        ),
+    ] = False,
     server: ServerOption = DEFAULT_SERVER,
     api_token: TokenOption = "",
 ) -> None:
@@ -102,6 +115,15 @@ def create(
         "stage_window_s": stage_window,
         "include_new_devices": not no_new_devices,
     }
+    policy: dict[str, Any] = {}  # only what is given overrides the release's policy
+    if min_battery is not None:
+        policy["min_battery"] = min_battery
+    if wifi_only:
+        policy["networks"] = ["wifi"]
+    if defer_while_unsynced:
+        policy["defer_while_unsynced"] = True
+    if policy:
+        body["delivery_policy"] = policy
     rollout = api.call("POST", "/api/v1/rollouts", json=body)
     console.print(f"rollout [bold]{rollout['id']}[/bold] {rollout['status']}")
     console.print(_stage_table(rollout))
@@ -135,7 +157,7 @@ def list_(
 
 def _stage_table(rollout: dict[str, Any]) -> Table:
     table = Table(title=f"{rollout['name']}: {rollout['release']['version']} · {rollout['status']}")
-    for column in ("stage", "%", "status", "devices", "pending", "delivered", "applied", "failed"):
+    for column in ("stage", "%", "status", "devices", "pending", "waiting", "delivered", "applied", "failed"):
         table.add_column(column)
     for s in rollout["stages"]:
         c = s["counts"]
@@ -145,11 +167,18 @@ def _stage_table(rollout: dict[str, Any]) -> Table:
             s["status"],
             str(s["devices"]),
             str(c["pending"]),
+            _waiting(c),
             str(c["delivered"]),
-            str(c["applied"]),
+            str(c["applied"]) + (f" (+{c['superseded']} newer)" if c.get("superseded") else ""),
             str(c["failed"]),
         )
     return table
+
+
+def _waiting(counts: dict[str, Any]) -> str:
+    """The pending devices that did not get the update at their last heartbeat, and why."""
+    reasons = counts.get("deferred_by_reason") or {}
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items(), key=lambda r: -r[1])) or "-"
 
 
 def _progress(rollout: dict[str, Any]) -> Progress:
@@ -160,14 +189,16 @@ def _progress(rollout: dict[str, Any]) -> Progress:
         c = s["counts"]
         need = max(s["devices"], 1)
         note = f"{s['status']}" + (f", {c['failed']} failed" if c["failed"] else "")
-        progress.add_task(f"stage {s['index'] + 1} ({s['percent']:g} %)", total=need, completed=c["applied"], note=note)
+        done = c["applied"] + c.get("superseded", 0)  # superseded: the device runs a newer version, a success
+        progress.add_task(f"stage {s['index'] + 1} ({s['percent']:g} %)", total=need, completed=done, note=note)
     return progress
 
 
 def _summary(rollout: dict[str, Any]) -> str:
     t = rollout["totals"]
     line = (
-        f"[bold]{rollout['status']}[/bold] · {t['applied']} applied, {t['failed']} failed of {t['targeted']} placed"
+        f"[bold]{rollout['status']}[/bold] · {t['applied']} applied, {t.get('superseded', 0)} newer already, "
+        f"{t['failed']} failed, {t.get('deferred', 0)} waiting of {t['targeted']} placed"
         f" · skipped {t['skipped']['up_to_date']} up to date, {t['skipped']['busy']} busy"
     )
     if rollout.get("paused_reason"):
