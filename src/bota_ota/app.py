@@ -25,6 +25,8 @@ from bota_ota.audit.api import router as audit_router
 from bota_ota.core.database import make_engine, make_sessionmaker
 from bota_ota.core.settings import Settings
 from bota_ota.devices.api import router as devices_router
+from bota_ota.firmware.api import keys_router as signing_keys_router
+from bota_ota.firmware.api import models_router
 from bota_ota.firmware.api import router as firmware_router
 from bota_ota.heartbeat.entrance import HeartbeatEntrance
 from bota_ota.heartbeat.entrance import router as device_router
@@ -41,7 +43,9 @@ from bota_ota.portal.auth import LoginRequired
 from bota_ota.portal.views import router as portal_router
 from bota_ota.rollouts.api import router as rollouts_router
 from bota_ota.rollouts.engine import tick as rollout_tick
+from bota_ota.rollouts.service import withdraw_releases
 from bota_ota.storage import make_blob_store
+from bota_ota.transparency.api import router as transparency_router
 from bota_ota.web.context import AppContext
 from bota_ota.web.deps import CtxDep
 from bota_ota.web.downloads import router as download_router
@@ -108,6 +112,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.heartbeat = heartbeat
     app.state.scheduler = scheduler
     app.state.rollouts = rollouts
+    # A revoked signing key or a raised security floor (firmware/api.py) withdraws releases: their active
+    # assignments are cancelled and their rollouts paused, by domains above firmware.
+    app.state.release_withdrawal = withdraw_releases
     install_problem_handlers(app)
     app.add_exception_handler(LoginRequired, _to_login)
     app.add_middleware(DatabaseAdmissionMiddleware)
@@ -126,6 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "portal" / "static"), name="static")
     for router in (
         firmware_router,
+        signing_keys_router,
+        models_router,
         fleet_router,
         devices_router,
         groups_router,
@@ -137,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         download_router,
         mobile_router,
         app_users_router,
+        transparency_router,
         portal_router,
         firmware_views.router,
         device_views.router,

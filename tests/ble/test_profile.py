@@ -17,6 +17,7 @@ from bota_ota.sim.ble.profile import (
     ProfileError,
     Response,
     Result,
+    Signature,
     StartParams,
     State,
     Status,
@@ -49,7 +50,7 @@ def test_uuids_and_codes_match_the_doc() -> None:
     assert STATUS_UUID == "7e1a0003-b07a-4f7a-9c3e-0ba7a0ba0000"
     assert DEVICE_STATE_UUID == "7e1a0004-b07a-4f7a-9c3e-0ba7a0ba0000"
     assert uuid16_to_uuid128(0x2A26) == "00002a26-0000-1000-8000-00805f9b34fb"
-    assert [(o.name, o.value) for o in Opcode] == [("START", 1), ("ABORT", 2), ("FINISH", 3)]
+    assert [(o.name, o.value) for o in Opcode] == [("START", 1), ("ABORT", 2), ("FINISH", 3), ("SIGNED_START", 4)]
     assert [(r.name, r.value) for r in Result] == [
         ("SUCCESS", 0),
         ("RECORDING", 1),
@@ -61,6 +62,8 @@ def test_uuids_and_codes_match_the_doc() -> None:
         ("SIZE_MISMATCH", 7),
         ("TOO_LARGE", 8),
         ("INVALID_PARAMETER", 9),
+        ("SIGNATURE_INVALID", 10),
+        ("ROLLBACK_REFUSED", 11),
     ]
     assert [(s.name, s.value) for s in State] == [
         ("IDLE", 0),
@@ -84,6 +87,48 @@ def test_start_is_little_endian_with_str8() -> None:
     assert decode_command(encode_finish()) == Command(Opcode.FINISH)
     utf8 = StartParams(size=1, crc32=2, model="bota-note", version="v2-ß")
     assert decode_command(encode_start(utf8)).start == utf8
+
+
+def test_signed_start_is_format_then_start_then_security_version_key_id_and_signature() -> None:
+    signed = Signature(security_version=0x01020304, key_id=bytes(range(8)), signature=bytes(range(64)))
+    params = StartParams(size=0x00171234, crc32=0xDEADBEEF, model="bota-pin", version="v1.2.0", signed=signed)
+    raw = encode_start(params)
+    assert raw == (
+        b"\x04\x01"
+        + b"\x34\x12\x17\x00"
+        + b"\xef\xbe\xad\xde"
+        + b"\x08bota-pin"
+        + b"\x06v1.2.0"
+        + b"\x04\x03\x02\x01"
+        + bytes(range(8))
+        + bytes(range(64))
+    )
+    assert len(raw) == 88 + 8 + 6
+    assert params.opcode is Opcode.SIGNED_START and params.security_version == 0x01020304
+    assert decode_command(raw) == Command(Opcode.SIGNED_START, params)
+    assert encode_start_params(params) == raw[1:]
+    unsigned = StartParams(size=1, crc32=2, model="bota-pin", version="v1")
+    assert (unsigned.opcode, unsigned.security_version) == (Opcode.START, 0)
+    for bad in (
+        raw[:-1],  # signature short
+        raw + b"\x00",  # trailing byte
+        b"\x04\x02" + raw[2:],  # unknown format
+        b"\x04",  # no format
+    ):
+        with pytest.raises(ProfileError):
+            decode_command(bad)
+    for wrong in (
+        Signature(security_version=2**32, key_id=bytes(8), signature=bytes(64)),
+        Signature(security_version=1, key_id=bytes(7), signature=bytes(64)),
+        Signature(security_version=1, key_id=bytes(8), signature=bytes(65)),
+    ):
+        with pytest.raises(ProfileError):
+            encode_start(StartParams(size=1, crc32=2, model="m", version="v", signed=wrong))
+    # Its response is START's: max_chunk after SUCCESS.
+    assert encode_response(Response(Opcode.SIGNED_START, Result.SUCCESS, 240)) == b"\x80\x04\x00\xf0\x00"
+    assert decode_response(b"\x80\x04\x00\xf0\x00") == Response(Opcode.SIGNED_START, Result.SUCCESS, 240)
+    assert decode_response(b"\x80\x04\x0b") == Response(Opcode.SIGNED_START, Result.ROLLBACK_REFUSED)
+    assert decode_response(b"\x80\x03\x0a") == Response(Opcode.FINISH, Result.SIGNATURE_INVALID)
 
 
 @pytest.mark.parametrize(

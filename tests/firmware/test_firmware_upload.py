@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from bota_ota.core.settings import Settings
-from bota_ota.firmware.models import Artifact, Release
 from bota_ota.storage.local import LocalBlobStore
+from tests.firmware.signing_support import assert_nothing_stored, row_counts
 from tests.support.factories import (
     ApiClient,
     assert_problem,
@@ -28,28 +27,11 @@ from tests.support.factories import (
 )
 
 RELEASE_KEYS = {"id", "version", "model", "notes", "created_at", "released", "bin", "ufw"}
-ARTIFACT_KEYS = {"size", "crc32", "sha256", "filename"}
+ARTIFACT_KEYS = {"size", "crc32", "sha256", "filename", "signature", "key_id", "signed"}
 
 
 def _bin(data: bytes, name: str = "fw.bin") -> tuple[str, bytes, str]:
     return (name, data, "application/octet-stream")
-
-
-def _counts(sessions: Any) -> tuple[int, int]:
-    with sessions() as session:
-        releases = session.scalar(select(func.count()).select_from(Release))
-        artifacts = session.scalar(select(func.count()).select_from(Artifact))
-    return releases, artifacts
-
-
-def assert_nothing_stored(admin: ApiClient, settings: Settings, sessions: Any) -> None:
-    """No release row, no artifact row, no blob, no temporary upload file, and the API lists nothing."""
-    assert _counts(sessions) == (0, 0)
-    assert files_in(settings.blob_dir) == []
-    assert files_in(settings.upload_tmp_dir) == []
-    listed = admin.get("/api/v1/firmware")
-    assert listed.status_code == 200
-    assert listed.json() == []
 
 
 # ---- accepted uploads --------------------------------------------------------------------------
@@ -73,13 +55,23 @@ def test_upload_bin_and_ufw_reply_shape_and_checksums(admin: ApiClient, settings
     assert body["released"] is True
     assert body["created_by"] == "token:test-admin"
     assert datetime.fromisoformat(body["created_at"]).tzinfo is not None
+    unsigned = {"signature": None, "key_id": None, "signed": False}
     assert body["bin"] == {
         "size": len(image),
         "crc32": crc32(image),
         "sha256": sha256_hex(image),
         "filename": "pin-pro.bin",
+        **unsigned,
     }
-    assert body["ufw"] == {"size": len(ble), "crc32": crc32(ble), "sha256": sha256_hex(ble), "filename": "pin-pro.ufw"}
+    assert body["ufw"] == {
+        "size": len(ble),
+        "crc32": crc32(ble),
+        "sha256": sha256_hex(ble),
+        "filename": "pin-pro.ufw",
+        **unsigned,
+    }
+    assert (body["security_version"], body["security_floor"]) == (0, False)
+    assert (body["installable"], body["unfit_reason"]) == (True, None)
     # Both files are in storage with the exact bytes, and the temporary upload files are gone.
     stored = sorted(p.read_bytes() for p in files_in(settings.blob_dir))  # type: ignore[attr-defined]
     assert stored == sorted([image, ble])
@@ -296,7 +288,7 @@ def test_duplicate_version_per_model_is_409(
     blobs_before = files_in(settings.blob_dir)
     r = admin.upload(second, bin=firmware_bytes(200, seed=2))
     assert_problem(r, 409, "version")
-    assert _counts(sessions) == (1, 1)
+    assert row_counts(sessions) == (1, 1)
     assert files_in(settings.blob_dir) == blobs_before
     assert files_in(settings.upload_tmp_dir) == []
     assert [rel["id"] for rel in admin.get("/api/v1/firmware").json()] == [original["id"]]

@@ -38,7 +38,15 @@ LATER = NOW + timedelta(minutes=10)
 
 ASG = "asg-1"
 REC = "recording"
-BIN = BinRef(storage_key="firmware/acme-v1.1.0.bin", size=123_456, crc32=0xDEADBEEF, sha256="ab" * 32)
+BIN = BinRef(
+    storage_key="firmware/acme-v1.1.0.bin",
+    size=123_456,
+    crc32=0xDEADBEEF,
+    sha256="ab" * 32,
+    signature=None,
+    key_id=None,
+    security_version=0,
+)
 
 
 def device(**changes: object) -> DeviceSnapshot:

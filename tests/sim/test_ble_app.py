@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -15,13 +16,17 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bota_ota.sim.app import ReferenceApp, WrongDeviceError
+from bota_ota.sim.ble import Opcode
 from bota_ota.sim.ble.central import BumbleOtaTransport
 from bota_ota.sim.ble.link import VirtualLink
 from bota_ota.sim.ble_device import BleSimDevice, attach_ble
 from bota_ota.sim.device import SimDevice
 from bota_ota.sim.fleet import Fleet
+from bota_ota.sim.verify import key_id as sim_key_id
+from tests.sim.signed import SIGNER, STRANGER, log_key, random_image, signed_release, trust_key
 from tests.support.sim import SimServer, start_fleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ble]
@@ -304,3 +309,117 @@ def test_app_sim_refuses_another_device_than_the_one_named(sim_server: SimServer
     for device_id in ("BP-APP-1", "BP-APP-2"):
         kinds = [e["kind"] for e in sim_server.api.get(f"/api/v1/devices/{device_id}/events").json()]
         assert not [k for k in kinds if k.startswith("ble")], kinds
+
+
+# ---- signed firmware (docs/ble-ota.md, "Signed START" and "What the app checks before it installs") ----
+
+
+def _trust(w: World, key: Ed25519PrivateKey, counter: int) -> None:
+    """Build ``key`` into the device's firmware and set its security counter (its HTTP and BLE sides share them)."""
+    w.device.trust.keys = {sim_key_id(key.public_key()): key.public_key()}
+    w.device.trust.security_version = counter
+
+
+def test_a_signed_release_is_checked_against_the_log_pushed_with_its_signature_and_applied(
+    sim_server: SimServer,
+) -> None:
+    trust_key(sim_server)
+    release = signed_release(sim_server, "v2.1.0", security_version=2, ufw=random_image(90_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="SG") as w:
+            _trust(w, SIGNER, counter=1)
+            w.app.log_key = log_key(sim_server)
+            outcome = await w.app.update_device(w.device_id, w.transport)
+            assert (outcome.outcome, outcome.result, outcome.reason) == ("applied", "SUCCESS", None)
+            assert outcome.offered is not None
+            offered = outcome.offered["release"]
+            assert (offered["id"], offered["security_version"]) == (release["id"], 2)
+            assert offered["transparency"] is not None
+            counters = w.ble.peripheral.counters
+            assert counters.responses[0].request_opcode == Opcode.SIGNED_START
+            assert (w.device.firmware_version, w.device.security_version) == ("v2.1.0", 2)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("device_key", "counter", "result"),
+    [(STRANGER, 0, "SIGNATURE_INVALID"), (SIGNER, 3, "ROLLBACK_REFUSED")],
+    ids=["untrusted-key", "rollback"],
+)
+def test_the_device_refuses_an_image_it_must_not_install_and_nothing_is_flashed(
+    sim_server: SimServer, device_key: Ed25519PrivateKey, counter: int, result: str
+) -> None:
+    trust_key(sim_server)
+    signed_release(sim_server, "v2.2.0", security_version=2, ufw=random_image(70_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="SR") as w:
+            _trust(w, device_key, counter=counter)
+            outcome = await w.app.update_device(w.device_id, w.transport)
+            assert (outcome.outcome, outcome.result) == ("failed", result)
+            counters = w.ble.peripheral.counters
+            assert (counters.flash_erases, counters.flash_bytes_written, counters.reboots) == (0, 0, 0)
+            assert (w.device.firmware_version, w.device.security_version) == ("v1.0.0", counter)
+            failed = [e for e in w.events() if e["kind"] == "ble_ota.failed"]
+            assert failed and failed[0]["detail"]["error"] == result
+
+    asyncio.run(scenario())
+
+
+class RewritingTransport(httpx.AsyncHTTPTransport):
+    """The app's HTTP, with the firmware-update offer changed on the way (a compromised server or network)."""
+
+    def __init__(self, rewrite: Any) -> None:
+        super().__init__()
+        self.rewrite = rewrite
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if not request.url.path.endswith("/firmware-update") or response.status_code != 200:
+            return response
+        body = json.loads(await response.aread())
+        if body.get("release"):
+            self.rewrite(body["release"])
+        return httpx.Response(200, json=body, request=request)
+
+
+def _another_entry(release: dict[str, Any]) -> None:
+    assert release["transparency"] is not None, "the server sent no release log proof to alter"
+    release["transparency"]["leaf_index"] += 1
+
+
+@pytest.mark.parametrize(
+    ("log_key_of", "rewrite", "why"),
+    [
+        ("stranger", None, "tree head is signed by key"),  # the app knows another log key
+        ("server", _another_entry, "inclusion proof of log entry"),  # the proof was altered on the way
+    ],
+)
+def test_the_app_refuses_an_offer_whose_log_proof_does_not_verify(
+    sim_server: SimServer, log_key_of: str, rewrite: Any, why: str
+) -> None:
+    trust_key(sim_server)
+    signed_release(sim_server, "v2.3.0", security_version=1, ufw=random_image(50_000))
+
+    async def scenario() -> None:
+        async with world(sim_server, prefix="SL") as w:
+            _trust(w, SIGNER, counter=0)
+            w.app.log_key = STRANGER.public_key() if log_key_of == "stranger" else log_key(sim_server)
+            if rewrite is not None:
+                token = w.app.token
+                await w.app.http.aclose()
+                w.app.http = httpx.AsyncClient(base_url=w.server.url, transport=RewritingTransport(rewrite))
+                w.app.token = token
+            confirmed: list[dict[str, Any]] = []
+            outcome = await w.app.update_device(w.device_id, w.transport, confirm=lambda o: confirmed.append(o) or True)
+            assert outcome.outcome == "refused"
+            assert outcome.reason is not None and why in outcome.reason, outcome.reason
+            assert confirmed == []  # the user was not even asked
+            counters = w.ble.peripheral.counters
+            assert (counters.start_requests, counters.flash_erases) == (0, 0)
+            assert w.device.firmware_version == "v1.0.0"
+            assert not [e for e in w.events() if e["kind"].startswith("ble_ota.")]
+
+    asyncio.run(scenario())

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.sim.signed import SIGNER, STRANGER, public_pem, random_image, signed_release, trust_key
 from tests.support.sim import SimServer
 
 pytestmark = pytest.mark.e2e
@@ -214,6 +215,31 @@ def test_simulate_refuses_bad_faults_and_tokens(sim_server: SimServer) -> None:
     both = run("assign", "--server", sim_server.url, "--api-token", sim_server.token, "--release", "x", env=env)
     assert both.returncode == 2
     assert "exactly one of --model or --devices" in both.stderr
+    garbage = sim_server.tmp / "garbage.pub"
+    garbage.write_text("not a key\n")
+    for path in (garbage, sim_server.tmp / "missing.pub"):
+        key = run(
+            "simulate", "--server", sim_server.url, "--api-token", sim_server.token, "--trusted-key", str(path), env=env
+        )
+        assert key.returncode == 2
+        assert f"--trusted-key {path}" in " ".join(key.stderr.split())
+
+
+def test_simulate_with_a_trusted_key_installs_a_signed_release(sim_server: SimServer, tmp_path: Path) -> None:
+    env = {**sim_server.proc.env, "COLUMNS": "160"}
+    trust_key(sim_server)
+    release = signed_release(sim_server, "v6.0.0", security_version=3, bin=random_image(60_000))
+    (tmp_path / "release.pub").write_text(public_pem(SIGNER))
+    common = ["--server", sim_server.url, "--api-token", sim_server.token, "--prefix", "SGN", "--devices", "3"]
+    common += ["--state-file", str(tmp_path / "st.json"), "--flash-dir", str(tmp_path / "flash"), "--reboot-s", "0.3"]
+    registered = run("simulate", "--register-only", *common, env=env)
+    assert registered.returncode == 0, registered.stderr
+    mine = sim_server.assign_all(["SGN-PIN-00001", "SGN-PIN-00002", "SGN-PIN-00003"], release["id"])
+    keyed = ["--trusted-key", str(tmp_path / "release.pub"), "--security-version", "2"]
+    done = run("simulate", "--until-done", "--release", release["id"], "--no-live", *keyed, *common, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "v6.0.0: 3" in done.stdout, done.stdout
+    assert sim_server.statuses(list(mine.values())) == dict.fromkeys(mine.values(), "applied")
 
 
 @pytest.mark.ble
@@ -264,3 +290,38 @@ def test_app_sim_updates_a_device_over_bluetooth(sim_server: SimServer, tmp_path
     assert again.returncode == 0 and "up_to_date" in again.stdout
     wrong = run("app-sim", *common[:4], "--password", "nope", *common[6:], env=env)
     assert wrong.returncode == 2 and "401" in wrong.stderr
+
+
+@pytest.mark.ble
+def test_app_sim_checks_the_release_log_and_its_device_the_signature(sim_server: SimServer, tmp_path: Path) -> None:
+    env = {**sim_server.proc.env, "COLUMNS": "200"}
+    device = sim_server.api.post("/api/v1/devices", json={"id": "BP-SIG-1", "model": "bota-pin"}).json()
+    r = run(
+        "app-user", "create", "--email", "ana@example.com", "--password", "ana-password", "--owns", "BP-SIG-1",
+        "--data-dir", str(sim_server.proc.data_dir), env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    trust_key(sim_server)
+    signed_release(sim_server, "v2.0.0", security_version=1, ufw=random_image(40_000))
+    (tmp_path / "release.pub").write_text(public_pem(SIGNER))
+    (tmp_path / "stranger.pub").write_text(public_pem(STRANGER))
+    (tmp_path / "log.pem").write_text(httpx.get(f"{sim_server.url}/.well-known/bota-ota-log-key.pem").text)
+    common = [
+        "--server", sim_server.url, "--user", "ana@example.com", "--password", "ana-password", "--device", "BP-SIG-1",
+        "--device-token", device["token"], "--reboot-s", "0.3", "--rate", "0", "--yes",
+        "--trusted-key", str(tmp_path / "release.pub"),
+    ]  # fmt: skip
+    # The app knows another log key: it refuses before anything is sent, and says why.
+    refused = run("app-sim", *common, "--log-key", str(tmp_path / "stranger.pub"), env=env)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    out = " ".join(refused.stdout.split())
+    assert "refused" in out and "the tree head is signed by key" in out, out
+    # The device trusts another release key: it refuses the image (SIGNATURE_INVALID).
+    stranger = [a if a != str(tmp_path / "release.pub") else str(tmp_path / "stranger.pub") for a in common]
+    untrusted = run("app-sim", *stranger, "--log-key", str(tmp_path / "log.pem"), env=env)
+    assert untrusted.returncode == 1 and "SIGNATURE_INVALID" in untrusted.stdout, untrusted.stdout
+    assert sim_server.api.get("/api/v1/devices/BP-SIG-1").json()["firmware_version"] in (None, "v0.0.0")
+    # The right keys: the proof holds, the signature verifies, the release is applied.
+    done = run("app-sim", *common, "--log-key", str(tmp_path / "log.pem"), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "applied" in done.stdout and "v2.0.0" in done.stdout

@@ -9,7 +9,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +19,7 @@ import pytest
 from bota_ota.sim.device import MAX_DOWNLOAD_RETRIES, Job, Network, SimDevice
 from bota_ota.sim.faults import FaultProxy
 from tests.support.server import free_port
-from tests.support.sim import SimServer, run_fleet, sim_server_running, start_fleet
-
-
-class SlowStream(httpx.AsyncByteStream):
-    """The response body in 16 KiB pieces, 50 ms apart: a download slow enough to be seen in progress."""
-
-    def __init__(self, inner: httpx.AsyncByteStream) -> None:
-        self.inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self.inner:
-            for i in range(0, len(chunk), 16384):
-                await asyncio.sleep(0.05)
-                yield chunk[i : i + 16384]
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class SlowTransport(httpx.AsyncHTTPTransport):
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await super().handle_async_request(request)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=SlowStream(response.stream),
-            extensions=response.extensions,
-            request=request,
-        )
+from tests.support.sim import SimServer, SlowTransport, run_fleet, sim_server_running, start_fleet
 
 
 @pytest.mark.e2e

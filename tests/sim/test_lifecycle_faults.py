@@ -21,9 +21,8 @@ import pytest
 from bota_ota.sim.device import DEFAULT_STORAGE_FREE_KB, MAX_DOWNLOAD_RETRIES, Network, SimDevice
 from bota_ota.sim.faults import FaultProxy
 from bota_ota.sim.fleet import Fleet
-from tests.sim.test_device import SlowTransport
 from tests.support.server import free_port
-from tests.support.sim import SimServer, sim_server_running, start_fleet, wait_until
+from tests.support.sim import SimServer, SlowTransport, sim_server_running, start_fleet, wait_until
 
 pytestmark = pytest.mark.e2e
 

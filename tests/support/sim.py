@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,3 +144,32 @@ async def run_fleet(
 async def start_fleet(server: SimServer, config: FleetConfig) -> Fleet:
     creds = await provision(config, server.token)
     return Fleet(config, creds)
+
+
+class SlowStream(httpx.AsyncByteStream):
+    """The response body in 16 KiB pieces, 50 ms apart: a download slow enough to be seen in progress."""
+
+    def __init__(self, inner: httpx.AsyncByteStream) -> None:
+        self.inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            for i in range(0, len(chunk), 16384):
+                await asyncio.sleep(0.05)
+                yield chunk[i : i + 16384]
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class SlowTransport(httpx.AsyncHTTPTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=SlowStream(response.stream),
+            extensions=response.extensions,
+            request=request,
+        )

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from bota_ota.cli.common import console, err_console
+from bota_ota.cli.sim import load_trusted_keys
+from bota_ota.sim.verify import MAX_SECURITY_VERSION, DeviceTrust
 
 DEFAULT_RATE_KBPS = 60.0  # a phone's BLE OTA throughput: a 1.5 MB .ufw takes 1.5e6 * 8 / 60e3 = 200 s
 
@@ -59,9 +62,37 @@ def app_sim(
             "rehearse connecting to the wrong device: the app reads its serial, refuses, and exits with 2."
         ),
     ] = None,
+    log_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-key",
+            help="The release log's public key (PEM, or the raw key as base64): the app installs only a release "
+            "whose offer proves it is in the log (inclusion proof, signed tree head). Without it the app skips "
+            "that check with a warning.",
+        ),
+    ] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted-key",
+            help="A public key built into the simulated device's firmware (repeatable): it installs only "
+            "images signed by one (else SIGNATURE_INVALID). Without any it accepts unsigned images.",
+        ),
+    ] = None,
+    security_version: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=MAX_SECURITY_VERSION,
+            help="The simulated device's security counter: an image with a lower security version is refused "
+            "(ROLLBACK_REFUSED).",
+        ),
+    ] = 0,
 ) -> None:
     """Update a device over Bluetooth as the phone app would: a simulated device (GATT peripheral) and the
     reference app (GATT central) on Bumble's in-process virtual radio, talking to a real server."""
+    keys = load_trusted_keys(trusted_key)
+    (log_public_key,) = load_trusted_keys([log_key], "--log-key") if log_key else (None,)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("bumble").setLevel(logging.ERROR)
     try:
@@ -77,6 +108,8 @@ def app_sim(
                 device_token=device_token or _token_from_simulator_state(device),
                 reboot_s=reboot_s,
                 connect_to=connect_to,
+                log_key=log_public_key,
+                trust=DeviceTrust.of(keys, security_version),
             )
         )
     except Exception as exc:  # shown as a one-line error, not a traceback
@@ -101,6 +134,8 @@ async def _run(
     device_token: str | None,
     reboot_s: float,
     connect_to: str | None = None,
+    log_key: Ed25519PublicKey | None = None,
+    trust: DeviceTrust | None = None,
 ) -> int:
     from bota_ota.sim.app import ReferenceApp
     from bota_ota.sim.ble.central import BumbleOtaTransport
@@ -108,7 +143,7 @@ async def _run(
     from bota_ota.sim.ble_device import attach_ble
     from bota_ota.sim.device import Network, SimDevice, Timing
 
-    app = ReferenceApp(server)
+    app = ReferenceApp(server, log_key=log_key)
     await app.login(user, password)
     known = await app.device(device_id)
     if connect_to is not None and connect_to != device_id:
@@ -122,6 +157,7 @@ async def _run(
         net=net,
         flash_dir=Path("sim-flash"),
         timing=Timing(reboot_s=reboot_s),
+        trust=trust,
     )
     stop = asyncio.Event()
     heartbeat = asyncio.create_task(sim.run(stop)) if device_token else None
@@ -169,6 +205,8 @@ async def _run(
         await link.close()
     table = Table(title="Bluetooth update", show_header=False)
     table.add_row("outcome", outcome.outcome)
+    if outcome.reason:
+        table.add_row("why", outcome.reason)
     table.add_row("offered", (outcome.offered or {}).get("reason") or "nothing")
     if (outcome.offered or {}).get("message"):
         table.add_row("note", str((outcome.offered or {})["message"]))

@@ -11,8 +11,10 @@ from rich.panel import Panel
 
 from bota_ota import __version__
 from bota_ota.cli import app_sim as app_sim_cli
+from bota_ota.cli import keys as keys_cli
 from bota_ota.cli import rollout as rollout_cli
 from bota_ota.cli import sim as sim_cli
+from bota_ota.cli import transparency as transparency_cli
 from bota_ota.cli.common import DataDirOption, cli_session, console, err_console, load_settings
 
 app = typer.Typer(
@@ -31,6 +33,9 @@ app.add_typer(user_app, name="user")
 app.add_typer(db_app, name="db")
 app.add_typer(app_user_app, name="app-user")
 app.add_typer(rollout_cli.app, name="rollout")
+app.add_typer(keys_cli.app, name="keys")
+app.command("sign")(keys_cli.sign)
+app.add_typer(transparency_cli.app, name="transparency")
 app.command("simulate")(sim_cli.simulate)
 app.command("assign")(sim_cli.assign)
 app.command("app-sim")(app_sim_cli.app_sim)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import httpx
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,9 +23,22 @@ from bota_ota.sim.device import Timing
 from bota_ota.sim.faults import Faults, parse_share
 from bota_ota.sim.fleet import MODEL_CODES, Fleet, FleetConfig, provision
 from bota_ota.sim.mgmt import MgmtClient, MgmtError
+from bota_ota.sim.verify import MAX_SECURITY_VERSION, KeyFormatError, load_public_key
 
 STATES = ("idle", "recording", "downloading", "verifying", "writing", "rebooting")
 STATUSES = ("pending", "delivered", "applied", "failed", "cancelled", "superseded")
+
+
+def load_trusted_keys(paths: list[Path] | None, option: str = "--trusted-key") -> list[Ed25519PublicKey]:
+    """Public keys from files (PEM, or the raw key as base64 or hex); exits with status 2 on a bad one."""
+    keys = []
+    for path in paths or []:
+        try:
+            keys.append(load_public_key(path.read_bytes()))
+        except (OSError, KeyFormatError) as exc:
+            err_console.print(f"[red]error:[/red] {option} {path}: {exc}")
+            raise typer.Exit(2) from None
+    return keys
 
 
 def _default_state_file(server: str, prefix: str, model: str) -> Path:
@@ -148,6 +162,24 @@ def simulate(
     live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
     connections: Annotated[int, typer.Option(min=1, help="HTTP connections shared by all devices.")] = 200,
     register_only: Annotated[bool, typer.Option(help="Register (or reuse) the devices, then exit.")] = False,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted-key",
+            help="A public key built into the devices' firmware (FILE.pub: PEM, or the raw key as base64); "
+            "repeatable. With one, devices install only images signed by a trusted key (else signature_invalid); "
+            "without any they accept unsigned images (development only).",
+        ),
+    ] = None,
+    security_version: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=MAX_SECURITY_VERSION,
+            help="The devices' security counter at start: images with a lower security_version are refused "
+            "(rollback_refused); applying an image raises it to the image's.",
+        ),
+    ] = 0,
 ) -> None:
     """Run simulated devices that speak the device protocol over HTTP, with optional faults."""
     if model not in MODEL_CODES:
@@ -166,6 +198,7 @@ def simulate(
     except ValueError as exc:
         err_console.print(f"[red]error:[/red] --fault-devices: {exc}")
         raise typer.Exit(2) from None
+    keys = load_trusted_keys(trusted_key)
     logging.basicConfig(level=logging.WARNING)
     config = FleetConfig(
         server=server.rstrip("/"),
@@ -180,6 +213,8 @@ def simulate(
         flash_dir=flash_dir,
         state_file=state_file or _default_state_file(server, prefix, model),
         max_connections=connections,
+        trusted_keys=keys,
+        security_version=security_version,
     )
     mgmt = MgmtClient(config.server, api_token)
     try:

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
         None,
         description="Signs local download URLs. Default: generated once and kept in <data_dir>/secret_key.",
     )
+    log_key_file: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM) that signs the release transparency log's tree heads. Default: "
+        "<data_dir>/transparency-log-key.pem, generated (mode 0600) on first start. All instances share one.",
+    )
     login_max_failures: int = Field(
         5, ge=1, le=1000, description="Failed portal sign-ins per e-mail address before it is locked for a while."
     )
@@ -164,6 +169,11 @@ class Settings(BaseSettings):
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
         return key
+
+    @property
+    def resolved_log_key_file(self) -> Path:
+        """The transparency log's signing key (transparency/logkey.py creates it if it is missing)."""
+        return self.log_key_file or self.data_dir / "transparency-log-key.pem"
 
     @property
     def online_window_s(self) -> int:

@@ -9,7 +9,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     ForeignKey,
-    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -38,7 +37,7 @@ class Release(Base):
     # Overrides of the server's delivery policy for this release's assignments (firmware/policy.py).
     delivery_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Anti-rollback: part of the signed bytes; a device never installs an image below its own counter.
-    security_version: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    security_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     # Marked by an admin: the model's floor is the highest security_version of its floor releases.
     security_floor: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 

@@ -19,11 +19,14 @@ from bota_ota.core.settings import Settings
 from bota_ota.firmware import service
 from bota_ota.firmware.models import ARTIFACT_KINDS
 from bota_ota.firmware.schemas import NewRelease, ReleaseFile, ReleaseOut
+from bota_ota.firmware.signing import MAX_SECURITY_VERSION
 from bota_ota.firmware.upload import ParsedForm, parse_firmware_form
 from bota_ota.storage import BlobStore
 from bota_ota.web.context import AppContext
 
-TEXT_FIELDS = frozenset({"version", "model", "notes", "draft"})
+TEXT_FIELDS = frozenset({"version", "model", "notes", "draft", "security_version"})
+# Each firmware file's signature (a .sig file, or its text), kept in memory: ``bin_sig``, ``ufw_sig``.
+SIGNATURE_FIELDS = frozenset(f"{kind}_sig" for kind in ARTIFACT_KINDS)
 
 
 def _parse_flag(text: str, field: str) -> bool:
@@ -36,6 +39,23 @@ def _parse_flag(text: str, field: str) -> bool:
     if value in ("false", "0", "no", "off", ""):
         return False
     raise ValidationFailed(f"{field} must be true or false", field=field)
+
+
+def _parse_security_version(text: str) -> int:
+    value = text.strip()
+    if not value:
+        return 0
+    if not value.isascii() or not value.isdigit():
+        raise ValidationFailed(
+            f"security_version must be a whole number from 0 to {MAX_SECURITY_VERSION}; got {text!r}",
+            field="security_version",
+        )
+    number = int(value) if len(value) <= 20 else MAX_SECURITY_VERSION + 1
+    if number > MAX_SECURITY_VERSION:
+        raise ValidationFailed(
+            f"security_version must be a whole number from 0 to {MAX_SECURITY_VERSION}", field="security_version"
+        )
+    return number
 
 
 def new_release_from_form(form: ParsedForm) -> NewRelease:
@@ -52,6 +72,8 @@ def new_release_from_form(form: ParsedForm) -> NewRelease:
         model=form.fields["model"],
         notes=form.fields.get("notes", ""),
         draft=_parse_flag(form.fields.get("draft", ""), "draft"),
+        security_version=_parse_security_version(form.fields.get("security_version", "")),
+        signatures={name.removesuffix("_sig"): part.data for name, part in form.small.items()},
         files=tuple(
             ReleaseFile(
                 kind=kind,
@@ -91,6 +113,7 @@ async def receive_release(
         file_fields=set(ARTIFACT_KINDS),
         max_file_bytes=settings.max_upload_bytes,
         tmp_dir=settings.upload_tmp_dir,
+        small_fields=SIGNATURE_FIELDS,
     )
     try:
         if check_form is not None:
@@ -100,11 +123,12 @@ async def receive_release(
         def create_and_commit() -> ReleaseOut:
             release, stored = service.create_release(session, store, new, actor=actor)
             try:
+                out = service.release_out(session, release)
                 session.commit()
             except BaseException:
                 service.delete_blobs(store, stored)
                 raise
-            return service.release_out(release)
+            return out
 
         async with ctx.db_write_gate():
             return await run_in_threadpool(create_and_commit)

@@ -25,7 +25,8 @@ from bota_ota.core.errors import PayloadTooLarge, UnsupportedMediaType, Validati
 
 TEXT_FIELD_LIMIT = 64 * 1024
 MAX_FILENAME = 200
-FORM_OVERHEAD = 1024 * 1024  # headers, boundaries and text fields on top of the files
+FORM_OVERHEAD = 1024 * 1024  # headers, boundaries, text fields and small parts on top of the files
+SMALL_PART_LIMIT = 4096  # a signature file is 89 bytes of base64 text; hex or raw bytes are shorter
 
 
 @dataclass
@@ -38,10 +39,20 @@ class ReceivedFile:
     sha256: str = ""
 
 
+@dataclass(frozen=True)
+class ReceivedBytes:
+    """A small part kept in memory (a signature file): its bytes as sent, and its file name (None when it
+    was sent as a plain form field, "" for a browser's file input left empty)."""
+
+    filename: str | None
+    data: bytes
+
+
 @dataclass
 class ParsedForm:
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, ReceivedFile] = field(default_factory=dict)
+    small: dict[str, ReceivedBytes] = field(default_factory=dict)
 
     def cleanup(self) -> None:
         for received in self.files.values():
@@ -57,11 +68,22 @@ class _Part:
     received: ReceivedFile | None = None
     crc: int = 0
     sha: hashlib._Hash | None = None
+    small: bool = False  # one of the small fields: kept in memory as bytes, file or not
 
 
 class _FormCollector:
-    def __init__(self, *, file_fields: set[str], max_file_bytes: int, tmp_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        file_fields: set[str],
+        max_file_bytes: int,
+        tmp_dir: Path,
+        small_fields: frozenset[str] = frozenset(),
+        small_limit: int = SMALL_PART_LIMIT,
+    ) -> None:
         self.file_fields = file_fields
+        self.small_fields = small_fields
+        self.small_limit = small_limit
         self.max_file_bytes = max_file_bytes
         self.tmp_dir = tmp_dir
         self.form = ParsedForm()
@@ -92,8 +114,12 @@ class _FormCollector:
         filename = options.get(b"filename")
         part = self.part
         part.name = name
-        if name in self.form.fields or name in self.form.files:
+        if name in self.form.fields or name in self.form.files or name in self.form.small:
             raise ValidationFailed(f"field {name!r} was sent more than once", field=name)
+        if name in self.small_fields:
+            part.small = True
+            part.filename = os.path.basename(filename.decode("utf-8", "replace")) if filename is not None else None
+            return
         if filename is not None or name in self.file_fields:
             part.filename = os.path.basename(filename.decode("utf-8", "replace")) if filename else ""
             if "\x00" in part.filename or len(part.filename) > MAX_FILENAME:
@@ -114,7 +140,11 @@ class _FormCollector:
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.part
         chunk = data[start:end]
-        if part.received is not None and part.out is not None and part.sha is not None:
+        if part.small:
+            part.text += chunk
+            if len(part.text) > self.small_limit:
+                raise ValidationFailed(f"{part.name} is larger than {self.small_limit} bytes", field=part.name)
+        elif part.received is not None and part.out is not None and part.sha is not None:
             part.received.size += len(chunk)
             if part.received.size > self.max_file_bytes:
                 raise PayloadTooLarge(
@@ -130,7 +160,9 @@ class _FormCollector:
 
     def on_part_end(self) -> None:
         part = self.part
-        if part.received is not None and part.out is not None and part.sha is not None:
+        if part.small:
+            self.form.small[part.name] = ReceivedBytes(part.filename, bytes(part.text))
+        elif part.received is not None and part.out is not None and part.sha is not None:
             part.out.close()
             part.out = None
             part.received.crc32 = part.crc & 0xFFFFFFFF
@@ -157,8 +189,11 @@ async def parse_firmware_form(
     file_fields: set[str],
     max_file_bytes: int,
     tmp_dir: Path,
+    small_fields: frozenset[str] = frozenset(),
 ) -> ParsedForm:
     """Parse a multipart/form-data body, streaming file parts to temporary files under ``tmp_dir``.
+    ``small_fields`` (signature files) are kept in memory as bytes, sent as a file or as text, at most
+    ``SMALL_PART_LIMIT`` bytes each.
 
     On any error every temporary file is removed before the error propagates.
     """
@@ -174,7 +209,9 @@ async def parse_firmware_form(
             declared = 0
         if declared > max_body:
             raise PayloadTooLarge(f"the request body ({declared} bytes) is larger than the upload limit")
-    collector = _FormCollector(file_fields=file_fields, max_file_bytes=max_file_bytes, tmp_dir=tmp_dir)
+    collector = _FormCollector(
+        file_fields=file_fields, max_file_bytes=max_file_bytes, tmp_dir=tmp_dir, small_fields=small_fields
+    )
     parser = MultipartParser(
         boundary,
         callbacks={

@@ -1,6 +1,6 @@
 """The heartbeat's read step: the device (by token hash), its active assignment and that release's .bin
-in one indexed SQLAlchemy Core query, on a worker thread (``read_snapshot``) or, on SQLite, on the event
-loop itself (``InlineSnapshotReader``)."""
+(with its signature and the release's security version) in one indexed SQLAlchemy Core query, on a worker
+thread (``read_snapshot``) or, on SQLite, on the event loop itself (``InlineSnapshotReader``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import DBAPIError
 
 from bota_ota.devices.models import Device
-from bota_ota.firmware.models import Artifact
+from bota_ota.firmware.models import Artifact, Release
 from bota_ota.heartbeat.rules import AssignmentView, BinRef, DeviceSnapshot
 from bota_ota.ota.models import ACTIVE_STATUSES, Assignment
 
@@ -44,12 +44,16 @@ _SNAPSHOT = (
         Artifact.size,
         Artifact.crc32,
         Artifact.sha256,
+        Artifact.signature,
+        Artifact.key_id,
+        Release.security_version,
     )
     .select_from(Device)
     # Constants as SQL literals: an expanding IN parameter is re-rendered on every execution (a fifth of
     # this read's time on SQLite).
     .outerjoin(Assignment, and_(Assignment.device_id == Device.id, text(f"assignments.status IN {_ACTIVE_SQL}")))
     .outerjoin(Artifact, and_(Artifact.release_id == Assignment.release_id, text("artifacts.kind = 'bin'")))
+    .outerjoin(Release, Release.id == Artifact.release_id)
     .where(Device.token_hash == bindparam("token_hash"))
 )
 
@@ -85,7 +89,15 @@ def _snapshot(row: Row[Any] | Any | None) -> DeviceSnapshot | None:
         )
     bin_ref = None
     if row.storage_key is not None:
-        bin_ref = BinRef(storage_key=row.storage_key, size=row.size, crc32=row.crc32, sha256=row.sha256)
+        bin_ref = BinRef(
+            storage_key=row.storage_key,
+            size=row.size,
+            crc32=row.crc32,
+            sha256=row.sha256,
+            signature=row.signature,
+            key_id=row.key_id,
+            security_version=row.security_version or 0,
+        )
     return DeviceSnapshot(
         id=row.id,
         last_seen_at=row.last_seen_at,

@@ -47,6 +47,9 @@ class ManifestSigner:
             size=bin_ref.size,
             crc32=bin_ref.crc32,
             sha256=bin_ref.sha256,
+            signature=bin_ref.signature,
+            key_id=bin_ref.key_id,
+            security_version=bin_ref.security_version,
         )
 
 

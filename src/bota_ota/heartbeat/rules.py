@@ -40,6 +40,9 @@ class BinRef:
     size: int
     crc32: int
     sha256: str
+    signature: str | None  # base64 Ed25519 (firmware/signing.py), or None for an unsigned release
+    key_id: str | None
+    security_version: int  # the release's
 
 
 @dataclass(frozen=True, slots=True)

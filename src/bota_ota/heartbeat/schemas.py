@@ -44,6 +44,13 @@ class OtaManifest(BaseModel):
     size: int
     crc32: int
     sha256: str
+    signature: str | None = Field(
+        None,
+        description="Ed25519 signature (base64) of the signed bytes (docs/security.md) over the .bin; "
+        "null for an unsigned release",
+    )
+    key_id: str | None = Field(None, description="The signing key's id (16 hex digits), or null when unsigned")
+    security_version: int = Field(0, description="The release's anti-rollback counter (part of the signed bytes)")
 
 
 class HeartbeatReply(BaseModel):

@@ -73,7 +73,16 @@ def _bin(session: Session, call: HeartbeatCall, assignment: Assignment) -> BinRe
     artifact = release.artifact("bin") if release else None
     if artifact is None:
         return None
-    return BinRef(artifact.storage_key, artifact.size, artifact.crc32, artifact.sha256)
+    assert release is not None
+    return BinRef(
+        artifact.storage_key,
+        artifact.size,
+        artifact.crc32,
+        artifact.sha256,
+        artifact.signature,
+        artifact.key_id,
+        release.security_version,
+    )
 
 
 def _record(

@@ -28,6 +28,7 @@ from bota_ota.mobile.schemas import (
 )
 from bota_ota.ota.fleet import active_assignments_for, device_out
 from bota_ota.ota.schemas import DeviceOut
+from bota_ota.transparency.logkey import log_key
 from bota_ota.web.deps import SessionDep, SettingsDep, StoreDep, base_url, bearer_secret
 
 router = APIRouter(prefix="/api/app/v1", tags=["mobile app"])
@@ -92,7 +93,12 @@ def firmware_update(
 ) -> FirmwareUpdate:
     device = service.owned_device(session, user, device_id)
     return service.firmware_update(
-        session, device, store, base_url=base_url(request, settings), ttl_s=settings.signed_url_ttl_s
+        session,
+        device,
+        store,
+        base_url=base_url(request, settings),
+        ttl_s=settings.signed_url_ttl_s,
+        log_key=log_key(settings),
     )
 
 

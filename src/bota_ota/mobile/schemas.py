@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from bota_ota.core.schemas import InputModel
+from bota_ota.transparency.schemas import ReleaseInLog
 
 
 class Login(InputModel):
@@ -58,6 +59,16 @@ class UfwRelease(BaseModel):
     sha256: str
     url: str
     expires_at: datetime
+    signature: str | None = Field(
+        description="The .ufw's Ed25519 release signature (base64, docs/security.md), which the device checks "
+        "again before it installs the image; null if the release is unsigned"
+    )
+    key_id: str | None = Field(description="Id of the signing key that made `signature` (16 hex digits), or null")
+    security_version: int = Field(description="The release's anti-rollback counter, part of the signed bytes")
+    transparency: ReleaseInLog | None = Field(
+        description="Where the release is in the public transparency log, with an inclusion proof and the signed "
+        "tree head it leads to; null when the release is not in the log (e.g. a draft an operator assigned)"
+    )
 
 
 class AssignedUpdate(BaseModel):
@@ -83,10 +94,12 @@ class FirmwareUpdate(BaseModel):
     message: str | None = Field(
         None, description="For people: why no release is offered while one is assigned, or why it cannot start now"
     )
-    blocked: Literal["recording"] | None = Field(
+    blocked: Literal["recording", "security"] | None = Field(
         None,
-        description="The offered update cannot start now, and why: the device's last known state says it is "
-        "recording (starting it is refused with 409 until a relay says the recording ended)",
+        description="Why the update cannot be installed: `recording` — the offered update cannot start now, the "
+        "device's last known state says it is recording (starting it is refused with 409 until a relay says the "
+        "recording ended); `security` — the assigned release is not offered at all (`release` is null): it is "
+        "below its model's security floor or signed by a revoked key (`message` says which)",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
@@ -17,6 +18,7 @@ from bota_ota.core.security import hash_claim_code, hash_password, hash_token, n
 from bota_ota.devices.models import Device
 from bota_ota.devices.service import ble_active, record_device_event
 from bota_ota.firmware.models import Release
+from bota_ota.firmware.security import check_installable, security_floor, unfit_reason
 from bota_ota.firmware.versions import is_newer, version_sort_key
 from bota_ota.heartbeat.presence import apply_telemetry
 from bota_ota.heartbeat.schemas import Heartbeat
@@ -24,6 +26,8 @@ from bota_ota.mobile.schemas import AppDevice, AssignedUpdate, BleOta, FirmwareU
 from bota_ota.ota import service as ota
 from bota_ota.ota.models import Assignment
 from bota_ota.storage import BlobStore
+from bota_ota.transparency import service as transparency
+from bota_ota.transparency.logkey import LogKey
 
 _DUMMY_HASH = hash_password("not-a-real-password")
 
@@ -156,16 +160,25 @@ def _no_update() -> FirmwareUpdate:
     return FirmwareUpdate(update_available=False, reason=None, assignment_id=None, release=None)
 
 
-def firmware_update(session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int) -> FirmwareUpdate:
+def firmware_update(
+    session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int, log_key: LogKey
+) -> FirmwareUpdate:
     """What the app should offer (``_update_offer``), marked blocked while the device records."""
-    offer = _update_offer(session, device, store, base_url=base_url, ttl_s=ttl_s)
+    offer = _update_offer(session, device, store, _OfferContext(base_url=base_url, ttl_s=ttl_s, log_key=log_key))
     if offer.update_available and device.recording:
         offer.blocked = "recording"
         offer.message = "The device is recording: the update can start once the recording ends."
     return offer
 
 
-def _update_offer(session: Session, device: Device, store: BlobStore, *, base_url: str, ttl_s: int) -> FirmwareUpdate:
+@dataclass(frozen=True)
+class _OfferContext:
+    base_url: str
+    ttl_s: int
+    log_key: LogKey
+
+
+def _update_offer(session: Session, device: Device, store: BlobStore, ctx: _OfferContext) -> FirmwareUpdate:
     """What the app should offer: the active assignment's .ufw, else the newest newer released .ufw.
 
     While the device has an active assignment no other release is offered: one installed meanwhile would
@@ -175,7 +188,11 @@ def _update_offer(session: Session, device: Device, store: BlobStore, *, base_ur
     A held assignment (pending, its rollout paused) is not offered, and nothing else is offered instead: its
     release offered as a newer release would deliver it after all, and another release installed meanwhile
     would be overwritten by the assignment once the rollout resumes. A delivered assignment is offered even
-    if held (only pending ones are held; a transfer under way may finish)."""
+    if held (only pending ones are held; a transfer under way may finish).
+
+    A release below its model's security floor or signed by a revoked key is never offered
+    (``firmware.security.unfit_reason``): an assignment of one is told of as ``blocked: "security"`` and
+    nothing else is offered in its place; among newer releases the newest fit one is offered."""
     active = ota.active_assignment(session, device.id)
     if active is not None and is_held(active):
         return _no_update()
@@ -192,6 +209,18 @@ def _update_offer(session: Session, device: Device, store: BlobStore, *, base_ur
             status="delivered" if active.status == "delivered" else "pending",
             over_ble=ufw is not None,
         )
+        unfit = unfit_reason(session, release) if release is not None else None
+        if unfit is not None:
+            return FirmwareUpdate(
+                update_available=False,
+                reason="assignment",
+                assignment_id=active.id,
+                release=None,
+                assignment=notice,
+                blocked="security",
+                message=f"{active.version} is assigned to this device but cannot be installed: {unfit}. "
+                "Ask the device's operator for another update.",
+            )
         if release is None or ufw is None:
             return FirmwareUpdate(
                 update_available=False,
@@ -202,28 +231,29 @@ def _update_offer(session: Session, device: Device, store: BlobStore, *, base_ur
                 message=f"{active.version} is assigned to this device and can only be installed over WiFi/4G: "
                 "the device downloads it by itself when it is online. There is nothing to install over Bluetooth.",
             )
-        return _offer(release, "assignment", store, base_url=base_url, ttl_s=ttl_s, assignment=notice)
+        return _offer(session, release, "assignment", store, ctx, assignment=notice)
     released = session.scalars(select(Release).where(Release.model == device.model, Release.released.is_(True))).all()
     newer = [r for r in released if r.artifact("ufw") is not None and is_newer(r.version, device.firmware_version)]
-    if not newer:
-        return _no_update()
-    newest = max(newer, key=lambda r: version_sort_key(r.version))
-    return _offer(newest, "newer_release", store, base_url=base_url, ttl_s=ttl_s, assignment=None)
+    floor = security_floor(session, device.model) if newer else 0
+    for candidate in sorted(newer, key=lambda r: version_sort_key(r.version), reverse=True):
+        if unfit_reason(session, candidate, floor=floor) is None:
+            return _offer(session, candidate, "newer_release", store, ctx, assignment=None)
+    return _no_update()
 
 
 def _offer(
+    session: Session,
     release: Release,
     reason: Literal["assignment", "newer_release"],
     store: BlobStore,
+    ctx: _OfferContext,
     *,
-    base_url: str,
-    ttl_s: int,
     assignment: AssignedUpdate | None,
 ) -> FirmwareUpdate:
     ufw = release.artifact("ufw")
     assert ufw is not None
     signed = store.signed_get_url(
-        ufw.storage_key, base_url=base_url, ttl_s=ttl_s, filename=ufw.storage_key.rsplit("/", 1)[-1]
+        ufw.storage_key, base_url=ctx.base_url, ttl_s=ctx.ttl_s, filename=ufw.storage_key.rsplit("/", 1)[-1]
     )
     return FirmwareUpdate(
         update_available=True,
@@ -237,6 +267,10 @@ def _offer(
             sha256=ufw.sha256,
             url=signed.url,
             expires_at=signed.expires_at,
+            signature=ufw.signature,
+            key_id=ufw.key_id,
+            security_version=release.security_version,
+            transparency=transparency.release_in_log(session, release.id, ctx.log_key),
         ),
         assignment=assignment,
     )
@@ -277,6 +311,10 @@ def set_ble_mode(session: Session, device: Device, connected: bool, *, actor: st
     device.ble_connected = connected
 
 
+# Bluetooth results (docs/ble-ota.md) that end an assignment: the device refused the image, not the transfer.
+REFUSED_IMAGE_ERRORS = frozenset({"signature_invalid", "rollback_refused"})
+
+
 def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str) -> tuple[str | None, str | None]:
     """Record one BLE transfer attempt; returns (assignment id, its status) when it concerns one."""
     release = session.get(Release, body.release_id)
@@ -296,6 +334,9 @@ def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str
             field="state",
             reason="recording",
         )
+    if body.state == "started":
+        # A revoked signing key or a security version below the floor: never installed, by any path.
+        check_installable(session, release)
     error = (body.error or "").strip() or None
     if body.state == "failed" and error is None:
         error = "unknown"
@@ -334,6 +375,11 @@ def record_ble_ota(session: Session, device: Device, body: BleOta, *, actor: str
         assignment.channel = "ble"
         assignment.delivered_at = utcnow()
         ota.add_event(assignment, "delivered", actor=actor, channel="ble")
+    elif body.state == "failed" and error is not None and error.lower() in REFUSED_IMAGE_ERRORS:
+        # The device refused the image itself (its signature, or a security version below its counter):
+        # another Bluetooth attempt with the same image cannot go differently.
+        ota.add_event(assignment, "ble_failed", actor=actor, channel="ble", error=error)
+        ota.mark_failed(assignment, error=error.lower(), channel="ble", actor=actor)
     else:
         # Recorded on the assignment, which stays active: a failed BLE attempt may be retried, and only the
         # device reporting the assigned version makes it applied. An attempt is progress: it holds off the

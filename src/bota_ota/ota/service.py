@@ -21,16 +21,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import JSON, case, func, insert, inspect, literal, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bota_ota.core import audit
-from bota_ota.core.database import insert_or_raise, new_id, utcnow
+from bota_ota.core.database import insert_or_raise, new_id, note_changed_devices, utcnow
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.settings import Settings
 from bota_ota.devices.models import Device
 from bota_ota.firmware.models import Release
+from bota_ota.firmware.security import check_installable
 from bota_ota.firmware.versions import is_strictly_newer, supersedes, versions_equal
 from bota_ota.ota.models import (
     ACTIVE_STATUSES,
@@ -89,7 +90,10 @@ def create_assignment(
     device = session.get(Device, device_id)
     if device is None:
         raise NotFound(f"device {device_id} not found")
-    release = session.get(Release, release_id)
+    # FOR SHARE: revoking its key or raising its model's floor locks the release (FOR UPDATE) before it
+    # cancels the release's active assignments, so either that cancel sees this assignment or the check
+    # below sees the revocation (PostgreSQL; SQLite has one writer at a time).
+    release = session.get(Release, release_id, with_for_update={"read": True})
     if release is None:
         raise NotFound(f"release {release_id} not found", field="release_id")
     if release.model != device.model:
@@ -104,6 +108,8 @@ def create_assignment(
             "(it can still be installed over Bluetooth from the app)",
             field="release_id",
         )
+    # A revoked signing key or a security version below the floor: not even an admin's downgrade.
+    check_installable(session, release)
     downgrade_from = device.firmware_version if is_strictly_newer(device.firmware_version, release.version) else None
     if downgrade_from is not None and not allow_downgrade:
         raise ValidationFailed(
@@ -208,6 +214,47 @@ def cancel_assignment(session: Session, assignment_id: str, *, actor: str) -> As
     return assignment
 
 
+def cancel_active_for_releases(session: Session, release_ids: Sequence[str], *, actor: str, **detail: Any) -> int:
+    """Cancel every pending and delivered assignment of these releases (held ones included), in two
+    set-based statements: one ``cancelled`` event each (with ``detail``, e.g. the ``reason``), then the
+    status. Returns how many. The caller locks the releases first (see ``create_assignment``)."""
+    if not release_ids:
+        return 0
+    now = utcnow()
+    active = Assignment.release_id.in_(list(release_ids)) & Assignment.status.in_(ACTIVE_STATUSES)
+    session.execute(
+        insert(AssignmentEvent).from_select(
+            ["assignment_id", "at", "kind", "status", "detail", "actor"],
+            select(
+                Assignment.id,
+                literal(now, type_=AssignmentEvent.__table__.c.at.type),
+                literal("cancelled"),
+                literal("cancelled"),
+                case(
+                    *(
+                        (Assignment.status == status, literal({"previous": status, **detail}, type_=JSON))
+                        for status in ACTIVE_STATUSES
+                    )
+                ),
+                literal(actor[:200]),
+            ).where(active),
+        )
+    )
+    devices = list(
+        session.scalars(
+            update(Assignment)
+            .where(active)
+            .values(status="cancelled", finished_at=now, held=False)
+            .returning(Assignment.device_id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    note_changed_devices(session, devices)  # this instance's heartbeat cache drops them at commit
+    if devices:
+        log.info("cancelled %d active assignments of %d releases: %s", len(devices), len(release_ids), detail)
+    return len(devices)
+
+
 def list_assignments(
     session: Session,
     *,
@@ -255,7 +302,10 @@ def mark_superseded(assignment: Assignment, *, reported_version: str, channel: s
 
 # Errors after which another attempt cannot go differently: the assignment fails at once. Every other
 # error a device reports (download_failed, power_loss, flash_write, ...) and a rollback end one attempt.
-FINAL_ERRORS = frozenset({"crc_mismatch", "signature_invalid", "manifest_invalid", "incompatible_image"})
+# rollback_refused: the image's security version is below the device's own counter (docs/device-protocol.md).
+FINAL_ERRORS = frozenset(
+    {"crc_mismatch", "signature_invalid", "rollback_refused", "manifest_invalid", "incompatible_image"}
+)
 MAX_BACKOFF_S = 6 * 3600
 
 

@@ -15,7 +15,11 @@ ERRORS: dict[str, str] = {
     "so the server gave up on it.",
     "power_loss": "The device lost power during the update and kept its old firmware.",
     "flash_write": "The device could not write the image to its flash memory.",
-    "signature_invalid": "The image's signature did not verify on the device: it refused the image.",
+    "signature_invalid": "The image's signature did not verify on the device (missing, made by a key the device "
+    "does not trust, or not over this file, model, version or security version): it refused the image and "
+    "flashed nothing.",
+    "rollback_refused": "The image's security version is below the device's own security counter: it refused "
+    "the older, possibly vulnerable image and kept its firmware.",
     "manifest_invalid": "The device could not use the update instructions the server sent.",
     "incompatible_image": "The device refused the image as not made for its hardware.",
     "unknown": "The device reported a failure without saying why.",

@@ -14,6 +14,7 @@ from bota_ota.core.errors import Conflict, ValidationFailed
 from bota_ota.core.settings import Settings
 from bota_ota.devices import service as device_service
 from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DeviceFilter, TagsUpdate
+from bota_ota.firmware import security
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.versions import is_strictly_newer
 from bota_ota.ota import fleet
@@ -130,6 +131,10 @@ def _device_page(session: Session, settings: Settings, device_id: str, tab: str)
         # A release older than the device's reported version is not offered: a downgrade needs an admin and
         # "allow_downgrade" (the API or `bota-ota assign --allow-downgrade`).
         releases = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
+        # Nor is a release nobody may install (a revoked signing key, below the security floor): said in a hint.
+        unfit = security.unfit_reasons(session, releases)
+        ctx["unfit_hidden"] = [reason for r in releases if (reason := unfit[r.id])]
+        releases = [r for r in releases if not unfit[r.id]]
         ctx["releases"] = [r for r in releases if not is_strictly_newer(device.firmware_version, r.version)]
         ctx["older_hidden"] = len(releases) - len(ctx["releases"])
         history, _ = ota_service.list_assignments(session, device_id=device.id, limit=50)

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, DomainError, Forbidden
 from bota_ota.devices import service as device_service
+from bota_ota.firmware import security
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.receive import receive_release
 from bota_ota.firmware.upload import ParsedForm
@@ -25,6 +26,8 @@ router = APIRouter(include_in_schema=False)
 
 def _firmware_context(session: SessionDep) -> dict[str, Any]:
     releases = firmware.list_releases(session)
+    unfit = security.unfit_reasons(session, releases)
+    revoked = security.revoked_keys(session, {a.key_id for r in releases for a in r.artifacts if a.key_id})
     by_model = {code: [r for r in releases if r.model == code] for code in DEVICE_MODELS}
     running: dict[tuple[str, str], int] = {}
     for model, versions in device_service.firmware_distribution(session).items():
@@ -37,6 +40,14 @@ def _firmware_context(session: SessionDep) -> dict[str, Any]:
         "by_model": by_model,
         "running": {r.id: running.get((r.model, r.version_key), 0) for r in releases},
         "referenced": ota_service.referenced_release_ids(session, [r.id for r in releases]),
+        "unfit": unfit,
+        # The reason in a few words, for a badge (security.reason_for says the same at length).
+        "unfit_badge": {
+            r.id: "signed by a revoked key" if {a.key_id for a in r.artifacts} & revoked else "below the security floor"
+            for r in releases
+            if unfit[r.id]
+        },
+        "revoked": revoked,
     }
 
 
@@ -79,6 +90,9 @@ async def upload(
             if not received.filename and received.size == 0:
                 received.path.unlink(missing_ok=True)
                 del form.files[kind]
+        for name, part in list(form.small.items()):  # the same for a signature's file input
+            if part.filename == "" and not part.data:
+                del form.small[name]
 
     wants_json = "application/json" in request.headers.get("accept", "")
     try:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, DomainError, NotFound
 from bota_ota.devices import groups as group_service
+from bota_ota.firmware import security
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.models import Release
 from bota_ota.firmware.policy import DEFERRALS
@@ -194,8 +195,11 @@ def new_rollout_page(
 ) -> HTMLResponse:
     require(user, "operator")
     if not release_id:  # no release chosen yet: choose one first
-        releases = [r for r in firmware.list_releases(session) if r.artifact("bin")]
-        return render(request, "rollout_choose.html", user=user, releases=releases)
+        with_bin = [r for r in firmware.list_releases(session) if r.artifact("bin")]
+        # A release signed by a revoked key or below its model's security floor cannot be deployed.
+        releases = [r for r in with_bin if security.unfit_reason(session, r) is None]
+        unfit = len(with_bin) - len(releases)
+        return render(request, "rollout_choose.html", user=user, releases=releases, unfit=unfit)
     release = firmware.get_release(session, release_id)
     form = {**DEFAULTS, "name": f"{DEVICE_MODELS[release.model]} {release.version}"}
     ctx = _form_context(session, release, form)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import JSON, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
@@ -18,7 +19,10 @@ from bota_ota.core.settings import Settings
 from bota_ota.devices.filters import apply_filter, parse_filter
 from bota_ota.devices.models import Device, DeviceGroup
 from bota_ota.devices.schemas import DeviceFilter
+from bota_ota.firmware.keys import Withdrawn
 from bota_ota.firmware.models import Release
+from bota_ota.firmware.security import check_installable
+from bota_ota.ota import service as ota_service
 from bota_ota.ota.models import ACTIVE_STATUSES, ASSIGNMENT_STATUSES, Assignment, AssignmentEvent
 from bota_ota.rollouts import engine
 from bota_ota.rollouts.models import OPEN_STATUSES, Rollout, RolloutDevice, RolloutEvent, RolloutStage
@@ -39,8 +43,9 @@ from bota_ota.rollouts.schemas import (
 )
 
 
-def _release_for_rollout(session: Session, release_id: str) -> Release:
-    release = session.get(Release, release_id)
+def _release_for_rollout(session: Session, release_id: str, *, lock: bool = False) -> Release:
+    # lock: FOR SHARE, against a concurrent withdrawal of the release (see ``withdraw_releases``).
+    release = session.get(Release, release_id, with_for_update={"read": True} if lock else None)
     if release is None:
         raise NotFound(f"release {release_id} not found", field="release_id")
     if release.artifact("bin") is None:
@@ -91,7 +96,9 @@ def preview(session: Session, body: PreviewRequest) -> Preview:
 
 
 def create_rollout(session: Session, body: RolloutCreate, settings: Settings, *, actor: str) -> Rollout:
-    release = _release_for_rollout(session, body.release_id)
+    release = _release_for_rollout(session, body.release_id, lock=True)
+    # A revoked signing key or a security version below the floor (422 naming release_id).
+    check_installable(session, release)
     target, _filter = _target(session, body.target)
     policy = body.delivery_policy.overrides() if body.delivery_policy is not None else None
     now = utcnow()
@@ -179,6 +186,8 @@ def resume(session: Session, rollout_id: str, settings: Settings, *, actor: str)
     rollout = get_rollout(session, rollout_id, lock=True)
     if rollout.status != "paused":
         raise _refuse(rollout, "resume", ("paused",))
+    # Paused because its release became unfit (revoked key, security floor): it stays paused.
+    check_installable(session, _release_for_rollout(session, rollout.release_id, lock=True))
     now = utcnow()
     if rollout.current_stage < 0:  # paused before it started: it starts now (or at start_at)
         rollout.status, rollout.paused_reason = "scheduled", None
@@ -246,6 +255,7 @@ def retry_failed(session: Session, rollout_id: str, *, actor: str) -> int:
     rollout = get_rollout(session, rollout_id, lock=True)
     if rollout.status not in ("running", "paused"):
         raise _refuse(rollout, "retry failed devices of", ("running", "paused"))
+    check_installable(session, _release_for_rollout(session, rollout.release_id, lock=True))
     failed = select(Assignment.id).where(Assignment.rollout_id == rollout.id, Assignment.status == "failed")
     session.execute(
         update(RolloutDevice)
@@ -257,6 +267,33 @@ def retry_failed(session: Session, rollout_id: str, *, actor: str) -> int:
     made = engine.assign_waiting(session, rollout, now)
     engine.record(session, rollout, "retried_failed", actor=actor, assignments=made)
     return made
+
+
+def withdraw_releases(
+    session: Session, release_ids: Sequence[str], *, reason: str, actor: str, detail: dict[str, Any]
+) -> Withdrawn:
+    """Releases that may no longer be installed (a revoked signing key, below the security floor): pause
+    their scheduled and running rollouts with the reason, then cancel every active assignment of them
+    (``firmware.keys.ReleaseWithdrawal``, wired by ``app.py``).
+
+    The releases are locked first (FOR UPDATE; creating an assignment or a rollout takes them FOR SHARE),
+    then the rollouts (as the engine does), so no assignment or rollout of them is made meanwhile."""
+    ids = sorted(set(release_ids))
+    if not ids:
+        return Withdrawn()
+    session.scalars(select(Release.id).where(Release.id.in_(ids)).order_by(Release.id).with_for_update()).all()
+    rollouts = session.scalars(
+        select(Rollout)
+        .where(Rollout.release_id.in_(ids), Rollout.status.in_(("scheduled", "running")))
+        .order_by(Rollout.id)
+        .with_for_update()
+    ).all()
+    words = ", ".join(f"{key} {value}" for key, value in detail.items())
+    now = utcnow()
+    for rollout in rollouts:
+        engine.pause(session, rollout, f"{reason} ({words})" if words else reason, now, actor=actor)
+    cancelled = ota_service.cancel_active_for_releases(session, ids, actor=actor, reason=reason, **detail)
+    return Withdrawn(assignments_cancelled=cancelled, rollouts_paused=len(rollouts))
 
 
 # ---- the detail ---------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The reference mobile app: the whole Bluetooth OTA flow of docs/app-api.md against a real server.
 
 login → connect over BLE → check that the device's serial is the id to update → relay the device's
-status → check for an update → confirm → download the .ufw and check it → report ``started`` → push it
-over BLE (docs/ble-ota.md) → report ``completed`` or ``failed`` → reconnect after the reboot and relay the
-new version → end BLE mode.
+status → check for an update → check the offer's release log proof (given the log's key) → confirm →
+download the .ufw and check it → report ``started`` → push it over BLE with its signature
+(docs/ble-ota.md) → report ``completed`` or ``failed`` → reconnect after the reboot and relay the new
+version → end BLE mode.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bota_ota.sim.ble.central import (
     DeviceInfo,
@@ -29,7 +31,9 @@ from bota_ota.sim.ble.central import (
     push_image,
     wrong_device_message,
 )
-from bota_ota.sim.ble.profile import Result
+from bota_ota.sim.ble.profile import KEY_ID_SIZE, Result, Signature
+from bota_ota.sim.release_log import ProofError, check_offer
+from bota_ota.sim.verify import decode_signature
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class WrongDeviceError(AppError):
 class AppOutcome:
     """What happened, in the words the app would show."""
 
-    outcome: str  # up_to_date, declined, applied, failed
+    outcome: str  # up_to_date, declined, refused (the app would not install it: ``reason``), applied, failed
     version_before: str | None = None
     version_after: str | None = None
     offered: dict[str, Any] | None = None
@@ -67,12 +71,33 @@ class AppOutcome:
     elapsed_s: float = 0.0
     relays: int = 0
     relay_replies: list[dict[str, Any]] = field(default_factory=list)
+    reason: str | None = None  # why the app refused the offer, in words for the user
+
+
+def offered_signature(release: dict[str, Any]) -> Signature | None:
+    """What SIGNED_START carries, from the offered release; None when it is not signed. Raises ``AppError``
+    when its signature or key id is malformed."""
+    text, key = release.get("signature"), release.get("key_id")
+    if text is None:
+        return None
+    signature = decode_signature(text)
+    try:
+        key_bytes = bytes.fromhex(key) if isinstance(key, str) else b""
+    except ValueError:
+        key_bytes = b""
+    if signature is None or len(key_bytes) != KEY_ID_SIZE:
+        raise AppError("the offered release's signature or key id is malformed: not installing it")
+    return Signature(security_version=int(release.get("security_version") or 0), key_id=key_bytes, signature=signature)
 
 
 class ReferenceApp:
-    def __init__(self, server: str, *, timeout: float = 30.0) -> None:
+    """``log_key``: the release log's public key. With it, the app installs only releases the log proves
+    were published (``check_release_log``); without it, it skips that check with a warning."""
+
+    def __init__(self, server: str, *, timeout: float = 30.0, log_key: Ed25519PublicKey | None = None) -> None:
         self.http = httpx.AsyncClient(base_url=server.rstrip("/"), timeout=timeout)
         self.token: str | None = None
+        self.log_key = log_key
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -111,6 +136,15 @@ class ReferenceApp:
 
     async def end_ble(self, device_id: str) -> None:
         await self._call("POST", f"/devices/{device_id}/ble", json={"connected": False})
+
+    def check_release_log(self, offer: dict[str, Any], model: str) -> None:
+        """Raise ``ProofError`` unless the offer's ``transparency`` proves that the release log holds this
+        release (docs/ble-ota.md, "What the app checks before it installs")."""
+        if self.log_key is None:
+            log.warning("no release log key given: installing without checking the release log")
+            return
+        release = offer["release"]
+        check_offer(release, release.get("transparency"), model=model, log_key=self.log_key)
 
     async def download(self, release: dict[str, Any]) -> bytes:
         """Fetch the .ufw and check it against what the server promised (size, CRC32, SHA-256)."""
@@ -185,6 +219,16 @@ class ReferenceApp:
             if not offer["update_available"]:
                 outcome.outcome = "up_to_date"
                 return outcome
+            # START names the model the server chose the release for, not the one the peer reports: if the
+            # phone is connected to another device than ``device_id``, the device refuses with WRONG_MODEL.
+            model = (await self.device(device_id))["model"]
+            try:
+                self.check_release_log(offer, model)
+                signed = offered_signature(offer["release"])
+            except (ProofError, AppError) as exc:
+                outcome.outcome, outcome.reason = "refused", str(exc)
+                log.warning("not installing %s: %s", offer["release"]["version"], exc)
+                return outcome
             confirmed = confirm(offer)
             if not isinstance(confirmed, bool):
                 confirmed = await confirmed
@@ -195,9 +239,6 @@ class ReferenceApp:
             image = await self.download(release)
             if corrupt:  # a bit flipped between the phone and the device
                 image = image[:-1] + bytes([image[-1] ^ 0x01])
-            # START names the model the server chose the release for, not the one the peer reports: if the
-            # phone is connected to another device than ``device_id``, the device refuses with WRONG_MODEL.
-            model = (await self.device(device_id))["model"]
             try:
                 await self.report(device_id, offer, "started")
             except AppError as exc:
@@ -218,6 +259,7 @@ class ReferenceApp:
                     rate_kbps=rate_kbps,
                     on_progress=on_progress,
                     disconnect_at=disconnect_at,
+                    signed=signed,
                 )
             except OtaDisconnectedError as exc:
                 outcome.sent = exc.sent

@@ -1,7 +1,9 @@
 """A simulated device that also speaks Bluetooth: the HTTP ``SimDevice`` plus an ``OtaPeripheral``.
 
 While a phone is connected the device pauses its own heartbeat (the app relays its status) and resumes
-it when the phone goes away; an image installed over BLE changes the version the device reports.
+it when the phone goes away; an image installed over BLE changes the version the device reports. Both
+radios share the device's trusted keys and security counter (``SimDevice.trust``): an image refused over
+one is refused over the other, and one applied over either raises the counter for both.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ async def attach_ble(sim: SimDevice, link: VirtualLink, *, index: int, reboot_s:
         battery=lambda: sim.battery,
         recording=lambda: sim.recording,
         busy=lambda: sim.state != "idle",
+        trust=sim.trust,
     )
 
     def connected() -> None:

@@ -15,6 +15,10 @@ size/CRC32/SHA-256 before flashing, report the new version after the reboot, nev
 recording, stop a download the server aborts, and start a fresh attempt when the server delivers an
 assignment again after a failed or rolled-back attempt.
 
+Before flashing it verifies the image as docs/device-protocol.md ("Verifying an image") asks: size, CRC32
+and SHA-256 (``crc_mismatch``), then, with trusted keys, the release signature (``signature_invalid``),
+then its security counter (``rollback_refused``): see :class:`bota_ota.sim.verify.DeviceTrust`.
+
 The conditions the server's delivery policy looks at are plain attributes, sent in every heartbeat, that
 a test or a fault sets and clears at run time: ``battery``/``charging`` (:meth:`SimDevice.set_battery`),
 ``network`` (:meth:`SimDevice.set_network`), ``storage_free_kb`` (:meth:`SimDevice.set_storage_free_kb`),
@@ -41,6 +45,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from bota_ota.sim.faults import CUT_HEADER, FaultProxy, Faults
+from bota_ota.sim.verify import DeviceTrust, decode_signature
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +108,9 @@ class Job:
     size: int
     crc32: int
     sha256: str
+    signature: str | None = None  # base64 of the 64-byte Ed25519 signature, as the manifest carries it
+    key_id: str | None = None
+    security_version: int = 0
 
     @classmethod
     def from_manifest(cls, m: dict[str, Any]) -> Job:
@@ -114,6 +122,9 @@ class Job:
             size=int(m["size"]),
             crc32=int(m["crc32"]),
             sha256=m["sha256"],
+            signature=m.get("signature"),
+            key_id=m.get("key_id"),
+            security_version=int(m.get("security_version") or 0),
         )
 
 
@@ -169,6 +180,7 @@ class SimDevice:
         rng: random.Random | None = None,
         timing: Timing | None = None,
         proxies: dict[tuple[str, int], FaultProxy] | None = None,
+        trust: DeviceTrust | None = None,
     ) -> None:
         self.device_id = device_id
         self.token = token
@@ -180,6 +192,8 @@ class SimDevice:
         self.rng = rng or random.Random()
         self.timing = timing or Timing()
         self.proxies = proxies
+        # The keys built into the firmware and the security counter; shared with the Bluetooth side.
+        self.trust = trust or DeviceTrust()
         self.state = "idle"
         self.stats = DeviceStats()
         self.interval_s: float = self.timing.interval_override_s or 60.0
@@ -301,6 +315,10 @@ class SimDevice:
         """The phone went away: speak for ourselves again, at once."""
         self._ble_free.set()
         self._wake.set()
+
+    @property
+    def security_version(self) -> int:
+        return self.trust.security_version
 
     def applied_over_ble(self, version: str) -> None:
         self.firmware_version = version
@@ -484,6 +502,7 @@ class SimDevice:
                 return
             await self._reboot()
             self.firmware_version = job.version
+            self.trust.applied(job.security_version)
             self._finished.add(job.assignment_id)
             self.stats.applied += 1
             self.ota_report = None
@@ -621,6 +640,7 @@ class SimDevice:
             raise DownloadFailed("url_expired") from None
 
     def _verify(self, job: Job) -> str | None:
+        """docs/device-protocol.md, "Verifying an image": None to flash, else the error to report."""
         size = 0
         crc = 0
         sha = hashlib.sha256()
@@ -629,16 +649,38 @@ class SimDevice:
                 size += len(chunk)
                 crc = zlib.crc32(chunk, crc)
                 sha.update(chunk)
-        # docs/device-protocol.md: any mismatch is reported as crc_mismatch; the log says which check failed.
+        digest = sha.hexdigest()
+        # Any mismatch is reported as crc_mismatch; the log says which check failed.
         for check, ok in (
             ("size", size == job.size),
             ("crc32", crc & 0xFFFFFFFF == job.crc32),
-            ("sha256", sha.hexdigest() == job.sha256),
+            ("sha256", digest == job.sha256),
         ):
             if not ok:
                 log.info("%s: the downloaded image fails the %s check", self.device_id, check)
                 return "crc_mismatch"
-        return None
+        # The signed bytes are built from what the device knows and measured, not from the manifest's
+        # checksums: its own model, the received size and SHA-256 (equal to the manifest's by now).
+        error = self.trust.check(
+            model=self.model,
+            version=job.version,
+            security_version=job.security_version,
+            size=size,
+            sha256=digest,
+            signature=decode_signature(job.signature),
+            key=job.key_id,
+        )
+        if error:
+            log.info(
+                "%s: %s refused (%s; key %s, security version %d, the device's %d)",
+                self.device_id,
+                job.version,
+                error,
+                job.key_id,
+                job.security_version,
+                self.trust.security_version,
+            )
+        return error
 
 
 async def _sleep_or(stop: asyncio.Event, seconds: float, wake: asyncio.Event | None = None) -> None:

@@ -13,9 +13,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bota_ota.sim.device import DeviceStats, Network, SimDevice, Timing
 from bota_ota.sim.faults import FaultProxy, Faults
+from bota_ota.sim.verify import DeviceTrust, key_id
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ class FleetConfig:
     state_file: Path | None = None
     max_connections: int = 200
     start_spread_s: float | None = None  # first heartbeats spread over this many seconds
+    # The public keys built into the devices' firmware (none: unsigned images are accepted, development
+    # only) and the security counter each device starts with.
+    trusted_keys: list[Ed25519PublicKey] = field(default_factory=list)
+    security_version: int = 0
 
     def device_id(self, index: int) -> str:
         return f"{self.prefix}-{MODEL_CODES[self.model]}-{index:05d}"
@@ -148,6 +154,7 @@ class Fleet:
         faulty = set(range(count))
         if cfg.fault_share < 1.0:  # drawn only then: a seed repeats the same run with or without the option
             faulty = set(seed_rng.sample(range(count), round(count * cfg.fault_share)))
+        keys = {key_id(k): k for k in cfg.trusted_keys}  # one table for all; each device has its own counter
         for index, cred in enumerate(self.credentials):
             self.devices.append(
                 SimDevice(
@@ -161,6 +168,7 @@ class Fleet:
                     rng=random.Random(seed_rng.getrandbits(64)),
                     timing=cfg.timing,
                     proxies=self.proxies or None,
+                    trust=DeviceTrust(keys, cfg.security_version),
                 )
             )
         return self

@@ -60,7 +60,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("key_id", sa.String(length=16), nullable=True))
         batch_op.create_index(batch_op.f("ix_artifacts_key_id"), ["key_id"], unique=False)
     with op.batch_alter_table("releases", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("security_version", sa.Integer(), server_default=sa.text("0"), nullable=False))
+        batch_op.add_column(sa.Column("security_version", sa.BigInteger(), server_default=sa.text("0"), nullable=False))
         batch_op.add_column(sa.Column("security_floor", sa.Boolean(), server_default=sa.false(), nullable=False))
 
 

@@ -5,7 +5,8 @@
   "use strict";
   // The server's rule (semver 2.0, optional leading v), mirrored for instant feedback.
   var VERSION_RE = /^[vV]?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-((0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(\.(0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$/;
-  var FIELDS = ["form", "version", "model", "bin", "ufw", "notes"];
+  var FIELDS = ["form", "version", "model", "bin", "ufw", "bin_sig", "ufw_sig", "security_version", "notes"];
+  var MAX_SECURITY_VERSION = 4294967295;
 
   function byId(id) { return document.getElementById(id); }
 
@@ -49,6 +50,15 @@
       }
     });
     if (!fileName(form.bin) && !fileName(form.ufw)) { errors.bin = "Choose a .bin file, a .ufw file, or both."; }
+    ["bin", "ufw"].forEach(function (kind) {
+      if (fileName(form[kind + "_sig"]) && !fileName(form[kind])) {
+        errors[kind + "_sig"] = "This is the ." + kind + " file's signature: choose the ." + kind + " file too.";
+      }
+    });
+    var sv = form.security_version.value.trim();
+    if (sv && !(/^\d+$/.test(sv) && Number(sv) <= MAX_SECURITY_VERSION)) {
+      errors.security_version = "A whole number from 0 to " + MAX_SECURITY_VERSION + ".";
+    }
     return errors;
   }
 
@@ -60,7 +70,7 @@
     var data = new FormData(form);
     data.delete("csrf_token"); // it travels in the header
     if (!form.draft.checked) { data.delete("draft"); }
-    ["bin", "ufw"].forEach(function (kind) { if (!fileName(form[kind])) { data.delete(kind); } });
+    ["bin", "ufw", "bin_sig", "ufw_sig"].forEach(function (kind) { if (!fileName(form[kind])) { data.delete(kind); } });
     var xhr = new XMLHttpRequest();
     xhr.open("POST", form.action);
     xhr.setRequestHeader("Accept", "application/json");

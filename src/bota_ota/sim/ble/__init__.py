@@ -22,7 +22,7 @@ from bota_ota.sim.ble.central import (
 )
 from bota_ota.sim.ble.link import CentralConnection, VirtualLink, VirtualPair, connect_central, virtual_pair
 from bota_ota.sim.ble.peripheral import DeviceState, OtaPeripheral, PeripheralCounters
-from bota_ota.sim.ble.profile import Opcode, Result, State, Status
+from bota_ota.sim.ble.profile import Opcode, Result, Signature, State, Status
 
 __all__ = [
     "BumbleOtaTransport",
@@ -40,6 +40,7 @@ __all__ = [
     "PeripheralCounters",
     "PushReport",
     "Result",
+    "Signature",
     "State",
     "Status",
     "VirtualLink",

@@ -32,6 +32,7 @@ from bota_ota.sim.ble.profile import (
     ProfileError,
     Response,
     Result,
+    Signature,
     StartParams,
     State,
     Status,
@@ -115,7 +116,8 @@ class OtaTransport(Protocol):
     - ``connect`` connects and exchanges MTU; ``subscribe`` enables Control Point and Status
       notifications (idempotent); both must be done before commands.
     - ``start``/``finish``/``abort`` write to Control Point (with response) and return the result
-      notified back; ``start`` also returns ``max_chunk`` (0 when refused).
+      notified back; ``start`` also returns ``max_chunk`` (0 when refused). With ``signed`` it sends
+      SIGNED_START instead of START.
     - ``write_chunk`` writes Data without response and returns when the stack can take more (flow control).
     - Any call on a dropped link raises ``OtaDisconnectedError``; a missing response ``OtaTimeoutError``.
     """
@@ -133,7 +135,9 @@ class OtaTransport(Protocol):
 
     def remove_status_listener(self, listener: StatusListener) -> None: ...
 
-    async def start(self, size: int, crc32: int, model: str, version: str) -> tuple[Result, int]: ...
+    async def start(
+        self, size: int, crc32: int, model: str, version: str, signed: Signature | None = None
+    ) -> tuple[Result, int]: ...
 
     async def write_chunk(self, offset: int, data: bytes) -> None: ...
 
@@ -374,9 +378,13 @@ class BumbleOtaTransport:
             finally:
                 self._pending = None
 
-    async def start(self, size: int, crc32: int, model: str, version: str) -> tuple[Result, int]:
-        payload = encode_start(StartParams(size=size, crc32=crc32, model=model, version=version))
-        response = await self._command(Opcode.START, payload)
+    async def start(
+        self, size: int, crc32: int, model: str, version: str, signed: Signature | None = None
+    ) -> tuple[Result, int]:
+        params = StartParams(size=size, crc32=crc32, model=model, version=version, signed=signed)
+        # Longer than MTU - 3 (a SIGNED_START always is at the default MTU 23), Bumble writes it with the
+        # Write Long procedure (Prepare Write + Execute Write), as phone stacks do.
+        response = await self._command(params.opcode, encode_start(params))
         self.max_chunk = response.max_chunk or 0
         return response.result, self.max_chunk
 
@@ -439,6 +447,7 @@ class PushReport:
     elapsed: float = 0.0  # seconds from START to the FINISH response
     device_disconnected: bool = False  # after FINISH SUCCESS the device dropped the link to reboot
     statuses: list[Status] = field(default_factory=list)
+    signed: bool = False  # the transfer began with SIGNED_START (False: START, unsigned or fallen back)
 
     @property
     def ok(self) -> bool:
@@ -461,6 +470,7 @@ async def push_image(
     on_progress: ProgressCallback | None = None,
     disconnect_at: float | None = None,
     reboot_disconnect_timeout: float = 5.0,
+    signed: Signature | None = None,
 ) -> PushReport:
     """Push ``image`` to the device behind ``transport`` and return the outcome.
 
@@ -475,6 +485,10 @@ async def push_image(
     ``disconnect_at`` (0..1) drops the link once that fraction of the image was sent and raises
     ``OtaDisconnectedError(intentional=True)``; an unexpected drop raises it with ``intentional=False``.
     Both carry ``sent``/``total``.
+
+    ``signed`` (the release's signature, key id and security version) sends SIGNED_START. A device that
+    predates it answers INVALID_PARAMETER; the transfer then begins with a plain START (such a device
+    verifies no signatures, so nothing is lost).
     """
     if disconnect_at is not None and not 0.0 <= disconnect_at <= 1.0:
         raise ValueError("disconnect_at must be within 0..1")
@@ -500,8 +514,14 @@ async def push_image(
             check_serial(info, serial)
         await transport.subscribe()
         started = time.monotonic()
-        result, max_chunk = await transport.start(total, crc, model, version)
-        report = PushReport(result=result, info=info, total=total, max_chunk=max_chunk, statuses=statuses)
+        result, max_chunk = await transport.start(total, crc, model, version, signed)
+        if signed is not None and result is Result.INVALID_PARAMETER:
+            logger.info("the device does not know SIGNED_START: sending START; it verifies no signatures")
+            result, max_chunk = await transport.start(total, crc, model, version)
+            signed = None
+        report = PushReport(
+            result=result, info=info, total=total, max_chunk=max_chunk, statuses=statuses, signed=signed is not None
+        )
         if result is not Result.SUCCESS:
             return report
         if max_chunk <= 0:

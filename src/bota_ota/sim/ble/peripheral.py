@@ -2,14 +2,16 @@
 
 ``OtaPeripheral`` serves Device Information (Model Number, Serial Number, Firmware Revision), Battery and
 the Bota OTA service (with Device State, so the app can relay whether the device is recording), and runs
-the transfer exactly as docs/ble-ota.md says. A simulated device plugs in through ``DeviceState`` (what
-the device is) and three hooks: ``on_connected()``, ``on_disconnected()`` and ``on_applied(version)``
-(after the reboot). Hooks may be plain functions or coroutine functions.
+the transfer exactly as docs/ble-ota.md says, verifying a signed image as docs/device-protocol.md asks
+(``DeviceState.trust``: its trusted keys and security counter). A simulated device plugs in through
+``DeviceState`` (what the device is) and three hooks: ``on_connected()``, ``on_disconnected()`` and
+``on_applied(version)`` (after the reboot). Hooks may be plain functions or coroutine functions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,6 +47,7 @@ from bota_ota.sim.ble.profile import (
     image_crc32,
     max_chunk_for_mtu,
 )
+from bota_ota.sim.verify import ROLLBACK_REFUSED, DeviceTrust
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,9 @@ class DeviceState:
     busy: bool | Callable[[], bool] = False
     """True while the device cannot take a Bluetooth transfer for another reason (e.g. it is updating over
     HTTP): START is then answered INVALID_STATE."""
+    trust: DeviceTrust = field(default_factory=DeviceTrust)
+    """The public keys built into the firmware and the security counter (shared with the HTTP side of a
+    simulated device). No keys: unsigned images are accepted (development only)."""
 
     def battery_level(self) -> int:
         level = self.battery() if callable(self.battery) else self.battery
@@ -150,7 +156,7 @@ class OtaPeripheral:
         self._transfer_connection: Connection | None = None
         self._generation = 0  # bumped whenever a transfer begins or is discarded
         self._awaiting_first_chunk = False
-        self._pending_version: str | None = None  # verified image's version, applied by the reboot
+        self._pending: tuple[str, int] | None = None  # verified image's version and security version, for the reboot
 
         self._connection: Connection | None = None
         self._started = False
@@ -406,8 +412,7 @@ class OtaPeripheral:
             self._last_result = Result.INVALID_PARAMETER
             self._respond(connection, Response(opcode, Result.INVALID_PARAMETER))
             return
-        if command.opcode is Opcode.START:
-            assert command.start is not None
+        if command.start is not None:  # START or SIGNED_START
             self._on_start(connection, command.start)
         elif command.opcode is Opcode.ABORT:
             self._on_abort(connection)
@@ -431,6 +436,13 @@ class OtaPeripheral:
             return Result.SAME_VERSION
         if params.size > self.state.max_image_size:
             return Result.TOO_LARGE
+        # What can be checked before a byte is sent: a signature is needed and its key is trusted; the
+        # image is not older, security-wise, than what runs. FINISH checks the signature itself.
+        trust = self.state.trust
+        if trust.requires_signature and (params.signed is None or not trust.knows(params.signed.key_id.hex())):
+            return Result.SIGNATURE_INVALID
+        if params.security_version < trust.security_version:
+            return Result.ROLLBACK_REFUSED
         return Result.SUCCESS
 
     def _on_start(self, connection: Connection, params: StartParams) -> None:
@@ -439,7 +451,7 @@ class OtaPeripheral:
         if result is not Result.SUCCESS:
             # Refused: nothing is erased or written, the state is unchanged.
             self._last_result = result
-            self._respond(connection, Response(Opcode.START, result))
+            self._respond(connection, Response(params.opcode, result))
             return
         self._discard()  # erase the update slot
         self.counters.flash_erases += 1
@@ -449,7 +461,7 @@ class OtaPeripheral:
         self._last_result = Result.SUCCESS
         max_chunk = max_chunk_for_mtu(connection.att_mtu)
         self._awaiting_first_chunk = True
-        self._respond(connection, Response(Opcode.START, Result.SUCCESS, max_chunk))
+        self._respond(connection, Response(params.opcode, Result.SUCCESS, max_chunk))
         self._set_state(State.RECEIVING)
 
     def _on_abort(self, connection: Connection) -> None:
@@ -482,16 +494,37 @@ class OtaPeripheral:
             await asyncio.sleep(0)
         if generation != self._generation or self._state is not State.VERIFYING:
             return  # discarded meanwhile (disconnect or ABORT)
-        if image_crc32(self._slot) != params.crc32:
-            self._fail(Result.CRC_MISMATCH)  # keeps the running firmware
-            self._respond(connection, Response(Opcode.FINISH, Result.CRC_MISMATCH))
+        result = self._check_image(params)
+        if result is not Result.SUCCESS:
+            self._fail(result)  # keeps the running firmware; nothing is applied
+            self._respond(connection, Response(Opcode.FINISH, result))
             self._notify_status()
             return
         self._last_result = Result.SUCCESS
-        self._pending_version = params.version
+        self._pending = (params.version, params.security_version)
         self._respond(connection, Response(Opcode.FINISH, Result.SUCCESS))
         self._set_state(State.APPLYING)
         await self._disconnect_for_reboot(connection)
+
+    def _check_image(self, params: StartParams) -> Result:
+        """docs/device-protocol.md, "Verifying an image", on the received bytes: CRC32 (the size was checked
+        by FINISH), then the signature over this device's model, START's version and security version, the
+        received size and SHA-256, then the security counter."""
+        if image_crc32(self._slot) != params.crc32:
+            return Result.CRC_MISMATCH
+        signed = params.signed
+        error = self.state.trust.check(
+            model=self.state.model,
+            version=params.version,
+            security_version=params.security_version,
+            size=len(self._slot),
+            sha256=hashlib.sha256(self._slot).hexdigest(),
+            signature=signed.signature if signed else None,
+            key=signed.key_id.hex() if signed else None,
+        )
+        if error is None:
+            return Result.SUCCESS
+        return Result.ROLLBACK_REFUSED if error == ROLLBACK_REFUSED else Result.SIGNATURE_INVALID
 
     async def _disconnect_for_reboot(self, connection: Connection) -> None:
         # Let the response and the APPLYING status reach the central before dropping the link.
@@ -506,17 +539,18 @@ class OtaPeripheral:
             self._begin_reboot()
 
     def _begin_reboot(self) -> None:
-        if self._rebooting or self._pending_version is None:
+        if self._rebooting or self._pending is None:
             return
         self._rebooting = True
         self._ready.clear()
-        version, self._pending_version = self._pending_version, None
-        self._spawn(self._reboot(version))
+        (version, security_version), self._pending = self._pending, None
+        self._spawn(self._reboot(version, security_version))
 
-    async def _reboot(self, version: str) -> None:
+    async def _reboot(self, version: str, security_version: int) -> None:
         await asyncio.sleep(self.reboot_delay)
-        # The bootloader applied the image: the device comes back running it.
+        # The bootloader applied the image: the device comes back running it, its counter raised.
         self.state.firmware_version = version
+        self.state.trust.applied(security_version)
         self._discard()
         self._state = State.IDLE
         self._last_result = Result.SUCCESS

@@ -1,4 +1,4 @@
-"""The Bota OTA GATT profile, version 1 (docs/ble-ota.md): identifiers and pure byte codecs.
+"""The Bota OTA GATT profile, version 1 with signed START (docs/ble-ota.md): identifiers and pure byte codecs.
 
 Nothing here depends on a Bluetooth stack, so a central built on another stack (e.g. ``bleak``) can
 share it. All integers are little-endian; strings are ``str8``: a one-byte length then UTF-8.
@@ -71,6 +71,15 @@ class Opcode(IntEnum):
     START = 0x01
     ABORT = 0x02
     FINISH = 0x03
+    SIGNED_START = 0x04
+    """START followed by the release signature and security version (docs/ble-ota.md, "Signed START")."""
+
+
+START_OPCODES: Final = (Opcode.START, Opcode.SIGNED_START)
+SIGNATURE_FORMAT_ED25519_V1: Final = 0x01
+"""SIGNED_START's format byte: Ed25519 over the signed bytes of docs/device-protocol.md, version 1."""
+SIGNATURE_SIZE: Final = 64
+KEY_ID_SIZE: Final = 8
 
 
 class Result(IntEnum):
@@ -84,6 +93,8 @@ class Result(IntEnum):
     SIZE_MISMATCH = 0x07
     TOO_LARGE = 0x08
     INVALID_PARAMETER = 0x09
+    SIGNATURE_INVALID = 0x0A
+    ROLLBACK_REFUSED = 0x0B
 
 
 class State(IntEnum):
@@ -126,44 +137,102 @@ def decode_str8(data: bytes, pos: int) -> tuple[str, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class Signature:
+    """What SIGNED_START adds to START: the image's security version and its Ed25519 signature by key ``key_id``."""
+
+    security_version: int
+    key_id: bytes  # 8 bytes: the first 8 bytes of SHA-256 of the signing key's raw public key
+    signature: bytes  # 64 bytes
+    format: int = SIGNATURE_FORMAT_ED25519_V1
+
+
+@dataclass(frozen=True, slots=True)
 class StartParams:
     size: int
     crc32: int
     model: str
     version: str
+    signed: Signature | None = None  # set: SIGNED_START; None: START
+
+    @property
+    def opcode(self) -> Opcode:
+        return Opcode.START if self.signed is None else Opcode.SIGNED_START
+
+    @property
+    def security_version(self) -> int:
+        """The image's security version; an unsigned START claims 0."""
+        return 0 if self.signed is None else self.signed.security_version
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     opcode: Opcode
-    start: StartParams | None = None  # set for START only
+    start: StartParams | None = None  # set for START and SIGNED_START
 
 
 def encode_start(params: StartParams) -> bytes:
-    """The full START command as written to Control Point (opcode + parameters)."""
+    """The full START (or SIGNED_START, when ``params.signed`` is set) as written to Control Point."""
     if not 0 <= params.size <= 0xFFFFFFFF or not 0 <= params.crc32 <= 0xFFFFFFFF:
         raise ProfileError("size and crc32 must fit in u32")
+    body = struct.pack("<II", params.size, params.crc32) + encode_str8(params.model) + encode_str8(params.version)
+    signed = params.signed
+    if signed is None:
+        return bytes([Opcode.START]) + body
+    if not 0 <= signed.security_version <= 0xFFFFFFFF:
+        raise ProfileError("security_version must fit in u32")
+    if len(signed.key_id) != KEY_ID_SIZE or len(signed.signature) != SIGNATURE_SIZE:
+        raise ProfileError(f"key_id is {KEY_ID_SIZE} bytes and the signature {SIGNATURE_SIZE}")
+    if not 0 <= signed.format <= 0xFF:
+        raise ProfileError("format is a u8")
     return (
-        struct.pack("<BII", Opcode.START, params.size, params.crc32)
-        + encode_str8(params.model)
-        + encode_str8(params.version)
+        bytes([Opcode.SIGNED_START, signed.format])
+        + body
+        + struct.pack("<I", signed.security_version)
+        + signed.key_id
+        + signed.signature
     )
 
 
 def encode_start_params(params: StartParams) -> bytes:
-    """START's parameters alone (without the opcode byte)."""
+    """START's (or SIGNED_START's) parameters alone (without the opcode byte)."""
     return encode_start(params)[1:]
 
 
-def decode_start_params(data: bytes) -> StartParams:
+def _decode_start_body(data: bytes) -> tuple[int, int, str, str, int]:
     if len(data) < 8:
         raise ProfileError("START parameters truncated")
     size, crc32 = struct.unpack_from("<II", data, 0)
     model, pos = decode_str8(data, 8)
     version, pos = decode_str8(data, pos)
+    return size, crc32, model, version, pos
+
+
+def decode_start_params(data: bytes) -> StartParams:
+    size, crc32, model, version, pos = _decode_start_body(data)
     if pos != len(data):
         raise ProfileError("trailing bytes after START parameters")
     return StartParams(size=size, crc32=crc32, model=model, version=version)
+
+
+def decode_signed_start_params(data: bytes) -> StartParams:
+    """SIGNED_START's parameters: ``format`` (only 0x01 is known), START's, then ``security_version``,
+    ``key_id`` and ``signature``."""
+    if not data:
+        raise ProfileError("SIGNED_START format missing")
+    if data[0] != SIGNATURE_FORMAT_ED25519_V1:
+        raise ProfileError(f"unknown SIGNED_START format 0x{data[0]:02x}")
+    size, crc32, model, version, pos = _decode_start_body(data[1:])
+    rest = data[1 + pos :]
+    if len(rest) != 4 + KEY_ID_SIZE + SIGNATURE_SIZE:
+        raise ProfileError("SIGNED_START needs security_version (4), key_id (8) and signature (64) after version")
+    (security_version,) = struct.unpack_from("<I", rest, 0)
+    signed = Signature(
+        security_version=security_version,
+        key_id=rest[4 : 4 + KEY_ID_SIZE],
+        signature=rest[4 + KEY_ID_SIZE :],
+        format=data[0],
+    )
+    return StartParams(size=size, crc32=crc32, model=model, version=version, signed=signed)
 
 
 def encode_abort() -> bytes:
@@ -184,6 +253,8 @@ def decode_command(data: bytes) -> Command:
         raise ProfileError(f"unknown opcode 0x{data[0]:02x}") from exc
     if opcode is Opcode.START:
         return Command(opcode, decode_start_params(data[1:]))
+    if opcode is Opcode.SIGNED_START:
+        return Command(opcode, decode_signed_start_params(data[1:]))
     if len(data) != 1:
         raise ProfileError(f"{opcode.name} takes no parameters")
     return Command(opcode)
@@ -196,12 +267,12 @@ def decode_command(data: bytes) -> Command:
 class Response:
     request_opcode: int  # an Opcode, or the raw byte of an unknown/malformed request
     result: Result
-    max_chunk: int | None = None  # START with SUCCESS only
+    max_chunk: int | None = None  # START or SIGNED_START with SUCCESS only
 
 
 def encode_response(response: Response) -> bytes:
     out = struct.pack("<BBB", RESPONSE_CODE, response.request_opcode & 0xFF, response.result)
-    if response.request_opcode == Opcode.START and response.result is Result.SUCCESS:
+    if response.request_opcode in START_OPCODES and response.result is Result.SUCCESS:
         if response.max_chunk is None or not 0 <= response.max_chunk <= 0xFFFF:
             raise ProfileError("a successful START response needs max_chunk (u16)")
         out += struct.pack("<H", response.max_chunk)
@@ -216,7 +287,7 @@ def decode_response(data: bytes) -> Response:
     except ValueError as exc:
         raise ProfileError(f"unknown result 0x{data[2]:02x}") from exc
     request_opcode = data[1]
-    if request_opcode == Opcode.START and result is Result.SUCCESS:
+    if request_opcode in START_OPCODES and result is Result.SUCCESS:
         if len(data) != 5:
             raise ProfileError("successful START response must carry max_chunk")
         (max_chunk,) = struct.unpack_from("<H", data, 3)
