@@ -31,7 +31,7 @@ def test_upload_a_release_with_a_progress_bar(page: Page, portal: Portal) -> Non
     ufw = image[::-1][:100_000]
     open_upload_form(page, portal)
 
-    page.get_by_label("Version").fill("v1.2.0")
+    page.get_by_label("Version", exact=True).fill("v1.2.0")
     page.get_by_label("Device model").select_option(label="Bota Pin")
     page.get_by_label(".bin file").set_input_files(payload("pin-1.2.0.bin", image))
     page.get_by_label(".ufw file").set_input_files(payload("pin-1.2.0.ufw", ufw))
@@ -75,7 +75,7 @@ def test_a_bad_version_shows_its_error_beside_the_field_without_submitting(page:
     posts: list[str] = []
     page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
 
-    version = page.get_by_label("Version")
+    version = page.get_by_label("Version", exact=True)
     version.fill("version 2")
     page.get_by_label("Device model").select_option(label="Bota Pin")
     page.get_by_label(".bin file").set_input_files(payload("pin.bin", b"\x01" * 1000))
@@ -96,7 +96,7 @@ def test_a_duplicate_version_shows_the_servers_error_beside_the_field(page: Page
     portal.upload_release("v1.0.1")
     open_upload_form(page, portal)
 
-    version = page.get_by_label("Version")
+    version = page.get_by_label("Version", exact=True)
     version.fill("1.0.1")  # the same release as v1.0.1
     page.get_by_label("Device model").select_option(label="Bota Pin")
     page.get_by_label(".bin file").set_input_files(payload("pin.bin", b"\x02" * 1000))
