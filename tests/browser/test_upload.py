@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import zlib
 
 import pytest
@@ -46,6 +47,12 @@ def test_upload_a_release_with_a_progress_bar(page: Page, portal: Portal) -> Non
     page.get_by_role("button", name="Upload").click()
     expect(progress).to_be_visible()
     expect(page.get_by_role("button", name="Upload")).to_be_disabled()  # no second submit while uploading
+    # The bar shows when the script starts the request; Playwright hands the request to the route handler
+    # as it processes events, which may come a moment later: wait for it (Playwright's own wait, which
+    # dispatches those events), up to a deadline.
+    deadline = time.monotonic() + 15
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(20)
     assert len(held) == 1
     held[0].continue_()
 
