@@ -71,9 +71,17 @@ def test_range_is_206_with_content_range(
     assert r.headers["content-length"] == str(end - start + 1)
 
 
-def test_unsatisfiable_range_is_416(client: TestClient, manifest: dict[str, Any], image: bytes) -> None:
-    r = client.get(manifest["url"], headers={"Range": f"bytes={len(image) + 10}-{len(image) + 20}"})
-    assert r.status_code == 416
+def test_unsatisfiable_range_is_416_problem_json(client: TestClient, manifest: dict[str, Any], image: bytes) -> None:
+    for first in (len(image), len(image) + 10):  # at the file's size too: a finished download asks for nothing
+        r = client.get(manifest["url"], headers={"Range": f"bytes={first}-"})
+        assert_problem(r, 416, field="header.range")
+        assert r.headers["content-range"] == f"bytes */{len(image)}"
+        assert str(len(image)) in r.json()["detail"]
+
+
+@pytest.mark.parametrize("range_header", ["bytes=20-10", "items=0-10", "bytes=", "bytes=abc-"])
+def test_malformed_range_is_400_problem_json(client: TestClient, manifest: dict[str, Any], range_header: str) -> None:
+    assert_problem(client.get(manifest["url"], headers={"Range": range_header}), 400, field="header.range")
 
 
 def test_head(client: TestClient, manifest: dict[str, Any], image: bytes) -> None:

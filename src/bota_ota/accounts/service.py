@@ -172,24 +172,20 @@ def update_user(
     return user
 
 
-# ---- the portal's login rate limit ----------------------------------------------------------------
-# Failed sign-ins are rows (not process memory) so all instances share the count. Per e-mail address the
-# limit is ``max_failures`` in ``window_s``; per client address it is ten times that, so one address cannot
-# try many accounts either, while a whole office behind one NAT can still sign in.
+# ---- attempt limits: portal sign-in, app log-in, device claims -------------------------------------------
+# Failed attempts are rows (not process memory) so all instances share the count. Each attempt counts against
+# several keys ("email:<address>", "ip:<client address>", …), each with its own limit in the same window; the
+# client-address limit is ten times the per-account one, so one address cannot try many accounts either, while a
+# whole office behind one NAT can still sign in.
 IP_FACTOR = 10
 
-
-def _login_keys(email: str, client_ip: str | None) -> tuple[str, str | None]:
-    return f"email:{email.strip().lower()[:254]}", (f"ip:{client_ip}" if client_ip else None)
+Limits = Sequence[tuple[str | None, int]]
 
 
-def login_retry_after(
-    session: Session, email: str, client_ip: str | None, *, max_failures: int, window_s: int
-) -> int | None:
-    """Seconds until this e-mail (or client) may try again, or None when a sign-in may be attempted."""
+def retry_after(session: Session, limits: Limits, *, window_s: int) -> int | None:
+    """Seconds until an attempt may be made again (some key has reached its limit in the window), or None."""
     since = utcnow() - timedelta(seconds=window_s)
-    email_key, ip_key = _login_keys(email, client_ip)
-    for key, limit in ((email_key, max_failures), (ip_key, max_failures * IP_FACTOR)):
+    for key, limit in limits:
         if key is None:
             continue
         count, oldest = session.execute(
@@ -200,15 +196,36 @@ def login_retry_after(
     return None
 
 
-def record_login_failure(session: Session, email: str, client_ip: str | None, *, window_s: int) -> None:
-    email_key, ip_key = _login_keys(email, client_ip)
-    session.add(LoginAttempt(key=email_key))
-    if ip_key:
-        session.add(LoginAttempt(key=ip_key))
+def record_failure(session: Session, keys: Sequence[str | None], *, window_s: int) -> None:
+    for key in keys:
+        if key is not None:
+            session.add(LoginAttempt(key=key[:300]))
     # Old rows are of no use to anyone: prune them here rather than in a periodic job.
     session.execute(delete(LoginAttempt).where(LoginAttempt.at < utcnow() - timedelta(seconds=window_s)))
 
 
-def clear_login_failures(session: Session, email: str) -> None:
-    email_key, _ = _login_keys(email, None)
-    session.execute(delete(LoginAttempt).where(LoginAttempt.key == email_key))
+def clear_failures(session: Session, keys: Sequence[str]) -> None:
+    session.execute(delete(LoginAttempt).where(LoginAttempt.key.in_(keys)))
+
+
+def _login_keys(email: str, client_ip: str | None, prefix: str = "") -> tuple[str, str | None]:
+    return f"{prefix}email:{email.strip().lower()[:254]}", (f"{prefix}ip:{client_ip}" if client_ip else None)
+
+
+def login_retry_after(
+    session: Session, email: str, client_ip: str | None, *, max_failures: int, window_s: int, prefix: str = ""
+) -> int | None:
+    """Seconds until this e-mail (or client) may try to sign in again, or None. ``prefix`` keeps the app's
+    log-ins ("app-") apart from the portal's: they are different accounts."""
+    email_key, ip_key = _login_keys(email, client_ip, prefix)
+    return retry_after(session, [(email_key, max_failures), (ip_key, max_failures * IP_FACTOR)], window_s=window_s)
+
+
+def record_login_failure(
+    session: Session, email: str, client_ip: str | None, *, window_s: int, prefix: str = ""
+) -> None:
+    record_failure(session, _login_keys(email, client_ip, prefix), window_s=window_s)
+
+
+def clear_login_failures(session: Session, email: str, prefix: str = "") -> None:
+    clear_failures(session, [_login_keys(email, None, prefix)[0]])

@@ -47,3 +47,19 @@ class PayloadTooLarge(DomainError):
 
 class UnsupportedMediaType(DomainError):
     status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class TooManyRequests(DomainError):
+    """Too many failed attempts (sign-in, log-in, claim): answered with ``Retry-After``."""
+
+    status, slug, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(detail, field=field, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+class InsufficientStorage(DomainError):
+    """The server's storage has no room for what the request would store; nothing was stored."""
+
+    status, slug, title = 507, "insufficient-storage", "Insufficient storage"

@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     login_window_s: int = Field(
         15 * 60, ge=10, le=86400, description="The window of the login rate limit (and how long a lock lasts)."
     )
+    app_login_max_failures: int = Field(
+        10, ge=1, le=1000, description="Failed mobile-app log-ins per e-mail address in the window before it is locked."
+    )
+    claim_max_failures: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Wrong claim codes per device, and per app user, in the window before claims are refused.",
+    )
     secure_cookies: bool = Field(False, description="Send the portal cookie over HTTPS only (set it in production).")
     log_level: str = "info"
     opentelemetry: bool = Field(

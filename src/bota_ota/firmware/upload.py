@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from typing import IO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from bota_ota.core.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from bota_ota.core.errors import InsufficientStorage, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 
 TEXT_FIELD_LIMIT = 64 * 1024
 MAX_FILENAME = 200
@@ -209,6 +210,11 @@ async def parse_firmware_form(
             declared = 0
         if declared > max_body:
             raise PayloadTooLarge(f"the request body ({declared} bytes) is larger than the upload limit")
+        free = shutil.disk_usage(tmp_dir).free
+        if declared > free:  # known to fail: say so before reading a byte
+            raise InsufficientStorage(
+                f"the server's disk has {free} bytes free, less than this upload's {declared}: nothing was stored"
+            )
     collector = _FormCollector(
         file_fields=file_fields, max_file_bytes=max_file_bytes, tmp_dir=tmp_dir, small_fields=small_fields
     )

@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from bota_ota.accounts import service as accounts
 from bota_ota.accounts.deps import Operator, Viewer
 from bota_ota.accounts.models import AppUser
-from bota_ota.core.errors import Unauthorized
+from bota_ota.core.errors import NotFound, TooManyRequests, Unauthorized
 from bota_ota.heartbeat.schemas import Heartbeat
 from bota_ota.mobile import service
 from bota_ota.mobile.schemas import (
@@ -57,9 +58,39 @@ def _actor(user: AppUser) -> str:
     return f"app:{user.email}"
 
 
-@router.post("/auth/login", response_model=LoginReply, summary="Log in; the token authorises the other calls")
-def login(body: Login, session: SessionDep, settings: SettingsDep) -> LoginReply:
-    secret, token = service.login(session, email=body.email, password=body.password, ttl_s=settings.app_token_ttl_s)
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _refuse_while_locked(seconds: int | None, what: str) -> None:
+    if seconds is not None:
+        minutes = -(-seconds // 60)
+        raise TooManyRequests(
+            f"too many failed {what}; try again in {minutes} minute{'s' if minutes > 1 else ''}", retry_after=seconds
+        )
+
+
+@router.post(
+    "/auth/login",
+    response_model=LoginReply,
+    summary="Log in; the token authorises the other calls",
+    responses={429: {"description": "Too many failed log-ins for this e-mail address or client; see Retry-After"}},
+)
+def login(body: Login, request: Request, session: SessionDep, settings: SettingsDep) -> LoginReply:
+    # The same shared (database) limit as the portal's sign-in, on keys of its own: app users are other accounts.
+    ip, window = _client_ip(request), settings.login_window_s
+    locked = accounts.login_retry_after(
+        session, body.email, ip, max_failures=settings.app_login_max_failures, window_s=window, prefix="app-"
+    )
+    _refuse_while_locked(locked, "log-ins")
+    try:
+        secret, token = service.login(session, email=body.email, password=body.password, ttl_s=settings.app_token_ttl_s)
+    except Unauthorized:
+        session.rollback()
+        accounts.record_login_failure(session, body.email, ip, window_s=window, prefix="app-")
+        session.commit()  # the failure counts even though this request fails
+        raise
+    accounts.clear_login_failures(session, body.email, prefix="app-")
     return LoginReply(token=secret, expires_at=token.expires_at)
 
 
@@ -70,9 +101,27 @@ def my_devices(user: AppUserDep, session: SessionDep, settings: SettingsDep) -> 
     ]
 
 
-@router.post("/devices/claim", response_model=AppDevice, summary="Claim a device with its claim code")
-def claim(body: Claim, user: AppUserDep, session: SessionDep, settings: SettingsDep) -> AppDevice:
-    device = service.claim_device(session, user, body.id.strip(), body.claim_code)
+@router.post(
+    "/devices/claim",
+    response_model=AppDevice,
+    summary="Claim a device with its claim code",
+    responses={429: {"description": "Too many wrong claim codes for this device, user or client; see Retry-After"}},
+)
+def claim(body: Claim, request: Request, user: AppUserDep, session: SessionDep, settings: SettingsDep) -> AppDevice:
+    # Claim codes carry about 40 bits: wrong guesses are limited per device (whoever guesses), per user and per
+    # client address (ten times as many), shared by all instances.
+    device_id, ip, window = body.id.strip(), _client_ip(request), settings.login_window_s
+    keys = [f"claim-device:{device_id}", f"claim-user:{user.id}", f"claim-ip:{ip}" if ip else None]
+    limit = settings.claim_max_failures
+    limits = [(keys[0], limit), (keys[1], limit), (keys[2], limit * accounts.IP_FACTOR)]
+    _refuse_while_locked(accounts.retry_after(session, limits, window_s=window), "claims")
+    try:
+        device = service.claim_device(session, user, device_id, body.claim_code)
+    except NotFound:
+        session.rollback()
+        accounts.record_failure(session, keys, window_s=window)
+        session.commit()
+        raise
     return service.app_device(device, ble_timeout_s=settings.ble_relay_timeout_s)
 
 

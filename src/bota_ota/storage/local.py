@@ -49,11 +49,15 @@ class LocalBlobStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         try:
-            # Same filesystem (the upload temp dir lives under the data dir): a rename, no copy.
-            os.replace(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, dest)
+            try:
+                # Same filesystem (the upload temp dir lives under the data dir): a rename, no copy.
+                os.replace(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a copy cut short (a full disk) leaves nothing behind
+            raise
 
     def delete(self, key: str) -> None:
         path = self.path_for(key)

@@ -3,23 +3,59 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
+from starlette.datastructures import Headers
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+from starlette.types import Receive, Scope, Send
 
 from bota_ota.core.errors import Forbidden, NotFound
 from bota_ota.storage.local import DOWNLOAD_PREFIX, LocalBlobStore, verify
 from bota_ota.web.deps import StoreDep
+from bota_ota.web.problems import problem_response
 
 log = logging.getLogger(__name__)
 
 
 class FirmwareFileResponse(FileResponse):
     """1 MiB reads instead of Starlette's 64 KiB: each read is a hop to a worker thread, and at 64 KiB
-    those hops capped downloads at about a quarter of nginx's rate (docs/performance.md, (c))."""
+    those hops capped downloads at about a quarter of nginx's rate (docs/performance.md, (c)).
+
+    A Range the file cannot satisfy (416) or that is malformed (400) is answered with problem JSON like every
+    other error (Starlette answers them with text/plain). The header is checked with Starlette's own parser, so
+    what is refused here is exactly what it would refuse."""
 
     chunk_size = 1024 * 1024
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        http_range = headers.get("range")
+        if http_range is not None and headers.get("if-range") is None and scope["method"] in ("GET", "HEAD"):
+            size = (await anyio.to_thread.run_sync(os.stat, self.path)).st_size
+            problem = None
+            try:
+                self._parse_range_header(http_range, size)
+            except MalformedRangeHeader as exc:
+                detail = f"the Range header is malformed ({exc.content}); ask for bytes=<from>- or bytes=<from>-<to>"
+                problem = problem_response(
+                    Request(scope), 400, slug="bad-range", title="Bad Range", detail=detail,
+                    errors=[{"field": "header.range", "message": str(exc.content)}],
+                )  # fmt: skip
+            except RangeNotSatisfiable:
+                detail = f"the file has {size} bytes: a Range must start below that (a finished download needs none)"
+                problem = problem_response(
+                    Request(scope), 416, slug="range-not-satisfiable", title="Range not satisfiable", detail=detail,
+                    headers={"Content-Range": f"bytes */{size}"},
+                    errors=[{"field": "header.range", "message": "starts at or past the end of the file"}],
+                )  # fmt: skip
+            if problem is not None:
+                await problem(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 router = APIRouter(tags=["downloads"])

@@ -12,6 +12,7 @@ multipart uploads, ``query.x`` / ``path.x`` for parameters).
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -20,14 +21,14 @@ from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError as DBAPIDataError
 from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bota_ota.core.errors import DomainError
+from bota_ota.core.errors import DomainError, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     errors = [{"field": exc.field, "message": exc.detail}] if exc.field else None
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     return problem_response(
         request,
         exc.status,
@@ -133,6 +136,25 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    # A full disk (or quota) is the server's condition, not a bug: 507, and whatever wrote the file has removed
+    # its partial output on the way out (uploads, blob stores).
+    assert isinstance(exc, OSError)
+    if exc.errno in NO_SPACE:
+        log.error("no space left on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(
+            request,
+            507,
+            slug="insufficient-storage",
+            title="Insufficient storage",
+            detail="the server's disk is full: nothing from this request was stored; retry when space is freed",
+        )
+    return await _unexpected_error(request, exc)
+
+
 async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     # Last line of defence: input validation should have caught this with the field's name.
     log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
@@ -155,9 +177,37 @@ async def _operational_error(request: Request, exc: Exception) -> JSONResponse:
         503,
         slug="unavailable",
         title="Service unavailable",
-        detail="the database is busy; retry shortly",
+        detail=database_trouble(exc),
         headers={"Retry-After": "5"},
     )
+
+
+# Words in the drivers' messages (psycopg, sqlite3) that tell an unreachable database from a busy one.
+_UNREACHABLE = (
+    "connection refused",
+    "could not connect",
+    "connection failed",
+    "server closed the connection",
+    "terminating connection",
+    "the database system is",  # starting up / shutting down / in recovery mode
+    "no such host",
+    "name or service not known",
+    "timeout expired",
+    "connection is closed",
+    "unable to open database file",
+)
+
+
+def database_trouble(exc: Exception) -> str:
+    """What a 503 says happened: the database cannot be reached, every connection is in use, or it is busy."""
+    if isinstance(exc, PoolTimeoutError):
+        return "every database connection of this server is in use; retry shortly"
+    text = str(exc).lower()
+    if any(words in text for words in _UNREACHABLE):
+        return "the database cannot be reached (down, restarting or unreachable over the network); retry shortly"
+    if "locked" in text or "busy" in text:
+        return "the database is busy with other writes; retry shortly"
+    return "the database could not serve this request; retry shortly"
 
 
 class RejectNulMiddleware:
@@ -198,6 +248,7 @@ _HANDLERS: tuple[tuple[type[Exception], Callable[[Request, Exception], Awaitable
     (DomainError, _domain_error),
     (RequestValidationError, _validation_error),
     (StarletteHTTPException, _http_error),
+    (OSError, _os_error),
     (Exception, _unexpected_error),
 )
 
@@ -211,7 +262,23 @@ async def problem_for_exception(request: Request, exc: Exception) -> JSONRespons
     raise exc  # unreachable: Exception catches all
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+ProblemPage = Callable[[Request, Exception, JSONResponse], Awaitable[Response | None]]
+"""Another rendering of a problem for some requests (the portal's HTML error pages), or None to keep the JSON."""
+
+
+def _with_page(
+    handler: Callable[[Request, Exception], Awaitable[JSONResponse]], page: ProblemPage
+) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        problem = await handler(request, exc)
+        return await page(request, exc, problem) or problem
+
+    return handle
+
+
+def install_problem_handlers(app: FastAPI, *, page: ProblemPage | None = None) -> None:
+    """Problem JSON for every error; ``page`` may answer a request with something else (it sits above this
+    layer: the portal renders its error pages for browsers)."""
     app.add_middleware(RejectNulMiddleware)
     for kind, handler in _HANDLERS:
-        app.add_exception_handler(kind, handler)
+        app.add_exception_handler(kind, _with_page(handler, page) if page else handler)
