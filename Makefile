@@ -30,12 +30,17 @@ tests/s3server/node_modules/.package-lock.json: tests/s3server/package-lock.json
 	npm ci --prefix tests/s3server --no-audit --no-fund
 	@touch $@
 
-test: install tests/s3server/node_modules/.package-lock.json ## Run the whole test suite (SQLite; PostgreSQL too when BOTA_OTA_TEST_DATABASE_URL is set)
+# axe-core, which the browser tests inject into every portal page (tests/browser/test_accessibility.py).
+tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund
+	@touch $@
+
+test: install tests/s3server/node_modules/.package-lock.json tests/browser/node_modules/.package-lock.json ## Run the whole test suite (SQLite; PostgreSQL too when BOTA_OTA_TEST_DATABASE_URL is set)
 	scripts/test $(PYTEST_ARGS)
 
-FAST_MARKERS := not e2e and not s3 and not ble and not browser and not sim
+FAST_MARKERS := not e2e and not s3 and not ble and not browser and not sim and not slow
 
-test-fast: install ## The inner loop (under 3 minutes): everything but real processes, browser, BLE, S3 and simulators; SQLite
+test-fast: install ## The inner loop (under 3 minutes): everything but real processes, slow tests, browser, BLE, S3 and simulators; SQLite
 	env -u BOTA_OTA_TEST_DATABASE_URL .venv/bin/pytest -n 2 -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 screenshots: install ## Save PNGs of the portal's main pages under docs/screenshots/ (needs Debian's chromium)
@@ -57,4 +62,4 @@ bench: install ## Run the benchmarks and print their table (docs/performance.md)
 	.venv/bin/python -m benchmarks $(ARGS)
 
 clean: ## Remove the venv, tools and caches (keeps ./data)
-	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache tests/s3server/node_modules
+	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache tests/s3server/node_modules tests/browser/node_modules

@@ -7,7 +7,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from bota_ota.app import STALE_UPLOAD_S, create_app
+from bota_ota.app import create_app
 from bota_ota.core.settings import Settings
 from tests.support.database import PG_URL
 
@@ -18,7 +18,7 @@ def test_start_up_removes_stale_upload_files_and_keeps_those_in_use(settings: Se
     crashed, in_use = tmp / "upload-bin-crashed", tmp / "upload-bin-another-instance-is-writing"
     crashed.write_bytes(b"x" * 10)
     in_use.write_bytes(b"y" * 10)
-    long_ago = time.time() - STALE_UPLOAD_S - 60
+    long_ago = time.time() - settings.stale_upload_s - 60
     os.utime(crashed, (long_ago, long_ago))
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200

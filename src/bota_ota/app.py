@@ -3,11 +3,8 @@ the app context, the heartbeat runtime and the scheduled sweeps."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +25,7 @@ from bota_ota.devices.api import router as devices_router
 from bota_ota.firmware.api import keys_router as signing_keys_router
 from bota_ota.firmware.api import models_router
 from bota_ota.firmware.api import router as firmware_router
+from bota_ota.firmware.housekeeping import remove_stale_upload_files, sweep_stale_upload_files
 from bota_ota.heartbeat.entrance import HeartbeatEntrance
 from bota_ota.heartbeat.entrance import router as device_router
 from bota_ota.heartbeat.runtime import HeartbeatRuntime
@@ -39,7 +37,8 @@ from bota_ota.ota.api import groups_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.sweeps import fail_stalled_deliveries
 from bota_ota.portal import admin_views, device_views, firmware_views, group_views, rollout_views
-from bota_ota.portal.auth import LoginRequired
+from bota_ota.portal.auth import LoginRequired, login_url
+from bota_ota.portal.errors import problem_page
 from bota_ota.portal.views import router as portal_router
 from bota_ota.rollouts.api import router as rollouts_router
 from bota_ota.rollouts.engine import tick as rollout_tick
@@ -48,8 +47,11 @@ from bota_ota.storage import make_blob_store
 from bota_ota.transparency.api import router as transparency_router
 from bota_ota.web.context import AppContext
 from bota_ota.web.deps import CtxDep
+from bota_ota.web.docs import install_docs
 from bota_ota.web.downloads import router as download_router
+from bota_ota.web.headers import SecurityHeadersMiddleware
 from bota_ota.web.middleware import CloseSessionsMiddleware, DatabaseAdmissionMiddleware
+from bota_ota.web.openapi import install_openapi
 from bota_ota.web.problems import install_problem_handlers
 from bota_ota.web.scheduler import Scheduler
 
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "deliveries_timed_out",
         lambda s, cfg, now: fail_stalled_deliveries(s, timeout_s=cfg.delivery_timeout_s, now=now),
     )
+    scheduler.add("stale_uploads_removed", sweep_stale_upload_files)
 
     # Rollouts react to outcomes within seconds, so they have a loop of their own.
     rollouts = Scheduler(ctx, interval_s=settings.rollout_interval_s, name="rollouts")
@@ -88,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        remove_stale_upload_files(settings.upload_tmp_dir)
+        remove_stale_upload_files(settings.upload_tmp_dir, older_than_s=settings.stale_upload_s)
         await heartbeat.start()
         await scheduler.start()
         await rollouts.start()
@@ -107,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,  # /docs and /redoc come from installed files (web/docs.py), not a CDN
+        redoc_url=None,
     )
     app.state.ctx = ctx
     app.state.heartbeat = heartbeat
@@ -115,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A revoked signing key or a raised security floor (firmware/api.py) withdraws releases: their active
     # assignments are cancelled and their rollouts paused, by domains above firmware.
     app.state.release_withdrawal = withdraw_releases
-    install_problem_handlers(app)
+    install_problem_handlers(app, page=problem_page)
+    install_openapi(app)
     app.add_exception_handler(LoginRequired, _to_login)
     app.add_middleware(DatabaseAdmissionMiddleware)
     app.add_middleware(CloseSessionsMiddleware)
@@ -128,9 +134,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.secure_cookies,
     )
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.secure_cookies)
     # Outermost: the heartbeat is answered before sessions, admission and routing (heartbeat/entrance.py).
     app.add_middleware(HeartbeatEntrance, runtime=heartbeat)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "portal" / "static"), name="static")
+    install_docs(app)
     for router in (
         firmware_router,
         signing_keys_router,
@@ -156,6 +164,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        # Browsers ask for /favicon.ico whatever the page links; the portal's icon is an SVG.
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
     @app.get("/healthz", tags=["ops"], summary="Liveness and database check")
     def healthz(ctx: CtxDep) -> dict[str, str]:
         with ctx.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn:
@@ -166,26 +179,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _to_login(request: Request, exc: Exception) -> Response:
+    """To the sign-in page, which brings the visitor back here afterwards (an HTMX request: to the page it
+    was made from)."""
     if request.headers.get("hx-request"):
-        return Response(status_code=401, headers={"HX-Redirect": "/login"})
-    return RedirectResponse("/login", status_code=303)
-
-
-# A temporary upload file is written to continuously while its request runs; one untouched for this long
-# belongs to a crashed run. Age, not "everything", because other instances may share the data dir.
-STALE_UPLOAD_S = 6 * 3600
-
-
-def remove_stale_upload_files(tmp_dir: Path, *, older_than_s: float = STALE_UPLOAD_S) -> None:
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - older_than_s
-    for path in tmp_dir.iterdir():
-        with contextlib.suppress(OSError):  # gone already (another instance cleaned it)
-            if path.stat().st_mtime < cutoff:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink()
+        return Response(status_code=401, headers={"HX-Redirect": login_url(request, page=True)})
+    return RedirectResponse(login_url(request), status_code=303)
 
 
 # The event loop and the worker threads that do database work share the GIL. A thread gives it up around

@@ -4,8 +4,8 @@
 Starts a throwaway ``bota-ota serve`` on SQLite, fills it through the management and device APIs with a
 small fleet (releases for every model, 24 devices on varied versions, assignments in every state, users,
 tokens — and so an audit log), then saves PNGs of the main pages from Debian's headless Chromium at laptop
-width (1280 px) and the dashboard and a device's OTA tab at tablet width (820 px). Not a test: pytest only
-collects ``test_*.py``.
+width (1280 px), the dashboard and a device's OTA tab at tablet width (820 px), and the dashboard, the device
+list and a device's OTA tab at phone width (390 px). Not a test: pytest only collects ``test_*.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tests.browser.support import ADMIN_EMAIL, LAPTOP, TABLET, Portal, chromium_
 from tests.support.server import ServerProcess, server_env
 
 MAX_HEIGHT = 1600
+PHONE: ViewportSize = {"width": 390, "height": 844}
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 RELEASES = {
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                 shoot(page, "/audit", out, "audit", heading="Audit")
                 shoot(page, "/", out, "dashboard-tablet", viewport=TABLET, heading="Dashboard")
                 shoot(page, ota_tab, out, "device-ota-tablet", viewport=TABLET, heading=fleet.ota_device)
+                shoot(page, "/", out, "dashboard-phone", viewport=PHONE, heading="Dashboard")
+                shoot(page, "/devices", out, "devices-phone", viewport=PHONE, heading="Devices")
+                shoot(page, ota_tab, out, "device-ota-phone", viewport=PHONE, heading=fleet.ota_device)
                 browser.close()
         finally:
             portal.close()

@@ -133,3 +133,15 @@ def sign_in(page: Page, email: str, password: str) -> None:
 
 def server_data_dir(base: Path) -> Path:
     return base / "srv"
+
+
+def wait_until(page: Page, expression: str, *, timeout_s: float = 20.0, what: str = "") -> None:
+    """Until the JavaScript ``expression`` is truthy in the page, polled from the test to a deadline.
+    ``page.wait_for_function`` cannot be used: its predicate is evaluated with eval, which the portal's
+    Content-Security-Policy forbids, whereas ``page.evaluate`` is not subject to it."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"{what or expression} did not happen within {timeout_s} s"
+        page.wait_for_timeout(100)

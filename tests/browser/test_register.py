@@ -17,7 +17,14 @@ def test_register_a_device_and_its_token_works(page: Page, portal: Portal) -> No
     page.goto("/devices")
     page.get_by_role("link", name="Register device").click()
 
-    page.get_by_label("Serial number").fill("BP-000777")
+    # Every field is checked at once, each named by its label beside it.
+    page.get_by_label("Device id").fill("bad id!")
+    page.get_by_role("button", name="Register device").click()
+    expect(page.locator("#id-error")).to_have_text(re.compile(r"^Device id must be .*\.$"))
+    expect(page.locator("#model-error")).to_have_text("Choose a model.")
+    expect(page.get_by_label("Device id")).to_have_attribute("aria-invalid", "true")
+
+    page.get_by_label("Device id").fill("BP-000777")
     page.get_by_label("Model").select_option(label="Bota Pin")
     page.get_by_label("Name").fill("Meeting room")
     page.get_by_role("button", name="Register device").click()

@@ -1,5 +1,6 @@
 """Deploy a release from the firmware page through the rollout form (its live preview included), watch the first
-stage's bar follow the devices without a reload, then pause the rollout."""
+stage's bar follow the devices without a reload, then see a pause made elsewhere arrive: announced, and the buttons
+following it once keyboard focus has left them."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_deploy_watch_the_stage_bar_and_pause(page: Page, portal: Portal) -> Non
     counts = page.locator("#stage-0 .stage-counts")
     bar = page.locator("#stage-0 .seg.applied")
     expect(counts).to_have_attribute("data-applied", "0")
-    expect(bar).to_have_attribute("style", "width: 0.0%")
+    expect(bar).to_have_attribute("width", "0.0%")
 
     # From here on the page must not load again: the stages change by HTMX polling alone.
     page.evaluate("window.__notReloaded = true")
@@ -68,7 +69,7 @@ def test_deploy_watch_the_stage_bar_and_pause(page: Page, portal: Portal) -> Non
     assert isinstance(reply.get("ota"), dict), reply
     portal.heartbeat(tokens[device_id], "v1.0.1")
     expect(counts).to_have_attribute("data-applied", "1")
-    expect(bar).not_to_have_attribute("style", "width: 0.0%")
+    expect(bar).not_to_have_attribute("width", "0.0%")
     expect(counts).to_contain_text("1 applied")
     expect(page.locator("#totals [data-total=applied]")).to_have_text("1")
 
@@ -76,8 +77,13 @@ def test_deploy_watch_the_stage_bar_and_pause(page: Page, portal: Portal) -> Non
     assert navigations == []
     expect(pause).to_be_focused()  # the poll left the buttons alone
 
-    pause.click()
+    # Paused elsewhere (the API): the status line follows and is announced; the buttons wait while focus is
+    # on one of them, then follow.
+    assert portal.api.post(f"/api/v1/rollouts/{rollout_id}/pause").status_code == 200
     expect(status).to_contain_text("paused")
+    expect(page.locator("#live-status")).to_have_text("Rollout Pins to v1.0.1: paused, stage 1 of 2")
+    expect(pause).to_be_focused()
+    page.evaluate("document.activeElement.blur()")
     expect(page.get_by_role("button", name="Resume")).to_be_visible()
     expect(page.get_by_role("button", name="Pause")).to_have_count(0)
-    assert portal.api.get(f"/api/v1/rollouts/{rollout_id}").json()["status"] == "paused"
+    assert navigations == []

@@ -29,3 +29,14 @@ def test_sign_in_with_the_first_admin_and_sign_out(page: Page, portal: Portal) -
     expect(page).to_have_url(re.compile(r"/login"))
     page.goto("/devices")
     expect(page).to_have_url(re.compile(r"/login"))
+
+
+def test_sign_in_brings_you_back_to_the_page_you_asked_for(page: Page, portal: Portal) -> None:
+    portal.register_device("BP-000777")
+    page.goto("/devices/BP-000777?tab=activity")
+    expect(page).to_have_url(re.compile(r"/login\?next=%2Fdevices%2FBP-000777%3Ftab%3Dactivity$"))
+    page.get_by_label("E-mail").fill(ADMIN_EMAIL)
+    page.get_by_label("Password").fill(portal.admin_password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/devices/BP-000777\?tab=activity$"))
+    expect(page.get_by_role("heading", name="BP-000777")).to_be_visible()

@@ -1,5 +1,6 @@
-"""The Upload Firmware form in a real browser: the upload with its progress bar, and version errors beside the
-field, found by the page's own check (nothing sent) or by the server (a duplicate version)."""
+"""The Upload Firmware form in a real browser: the upload with its progress bar, ending on the firmware list with
+the server's flash, and version errors beside the field, found by the page's own check (nothing sent) or by the
+server (a duplicate version)."""
 
 from __future__ import annotations
 
@@ -56,10 +57,13 @@ def test_upload_a_release_with_a_progress_bar(page: Page, portal: Portal) -> Non
     assert len(held) == 1
     held[0].continue_()
 
-    expect(page).to_have_url(re.compile(r"/firmware(#.*)?$"))
-    expect(page.get_by_role("row").filter(has_text="v1.2.0")).to_be_visible()
-
+    # The script follows the answer's Location to the firmware list, which shows the flash the upload set.
+    expect(page).to_have_url(re.compile(r"/firmware#release-[0-9a-f]+$"))
+    expect(page.locator(".flash")).to_have_text("Uploaded v1.2.0 for Bota Pin (407.2 kB).")
     [release] = [r for r in portal.api.get("/api/v1/firmware", params={"model": "bota-pin"}).json()]
+    assert page.url.endswith(f"/firmware#release-{release['id']}")
+    expect(page.locator(f"#release-{release['id']} th").first).to_contain_text("v1.2.0")
+
     assert release["version"] == "v1.2.0"
     assert release["notes"] == "Faster sync"
     assert release["released"] is False

@@ -1,5 +1,6 @@
 """A viewer can look at everything and change nothing: no Upload, Register or Assign controls, and the
-server refuses the requests behind them with 403, even a hand-built form carrying a valid CSRF token."""
+server refuses the requests behind them with 403 (a page with the navigation and a way back), even a
+hand-built form carrying a valid CSRF token."""
 
 from __future__ import annotations
 
@@ -35,15 +36,24 @@ def test_a_viewer_sees_no_controls_and_a_forged_post_gets_403(page: Page, portal
 
     page.goto("/firmware")
     expect(page.get_by_role("heading", name="Firmware", exact=True)).to_be_visible()
-    expect(page.get_by_role("row").filter(has_text="v1.0.1")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text="v1.0.1").first).to_be_visible()
     expect(page.get_by_role("link", name="Upload firmware")).to_have_count(0)
     page.goto("/devices")
     expect(page.get_by_role("heading", name=re.compile("^Devices"))).to_be_visible()
     expect(page.get_by_role("link", name="Register device")).to_have_count(0)
-    for path in ("/firmware/upload", "/devices/new"):
+    for path in ("/firmware/upload", "/devices/new", "/users"):
         response = page.goto(path)
         assert response is not None
         assert response.status == 403, path
+        # A page to leave, not a dead end: the heading in plain words, the reason, the navigation, a way back.
+        expect(page.get_by_role("heading", name="You do not have permission")).to_be_visible()
+        expect(page.locator("#error-detail")).to_contain_text("you are viewer")
+        expect(page.get_by_role("navigation", name="Main").get_by_role("link", name="Devices")).to_be_visible()
+        expect(
+            page.get_by_role("navigation", name="Where to go from here").get_by_role("link", name="Dashboard")
+        ).to_be_visible()
+    page.get_by_role("navigation", name="Where to go from here").get_by_role("link", name="Dashboard").click()
+    expect(page).to_have_url(re.compile(r"/$"))
 
     page.goto(f"/devices/{DEVICE}?tab=ota")
     expect(page.get_by_role("heading", name=DEVICE)).to_be_visible()

@@ -26,6 +26,7 @@ def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
 COMMANDS = _commands(typer.main.get_command(cli_app))
 
 
+@pytest.mark.slow  # a real `bota-ota` process: seconds each to start
 def test_the_installed_command_runs() -> None:
     r = cli(server_env(None), "--help")
     assert r.returncode == 0, r.stderr
@@ -50,6 +51,7 @@ def _env(database_url: str) -> dict[str, str]:
     return server_env(database_url if PG_URL else None)
 
 
+@pytest.mark.slow  # a real `bota-ota` process: seconds each to start
 def test_db_upgrade_then_user_and_token_create(tmp_path: Path, database_url: str) -> None:
     env = _env(database_url)
     data = str(tmp_path / "d")
@@ -104,6 +106,7 @@ def test_db_upgrade_then_user_and_token_create(tmp_path: Path, database_url: str
         assert rows and all(last not in row[0] for row in rows)  # only the hash is stored
 
 
+@pytest.mark.slow  # a real `bota-ota` process: seconds each to start
 def test_invalid_settings_name_the_variable(tmp_path: Path) -> None:
     env = server_env(None, BOTA_OTA_HEARTBEAT_INTERVAL_S="never")
     r = cli(env, "db", "upgrade", "--data-dir", str(tmp_path), check=False)

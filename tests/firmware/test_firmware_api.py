@@ -57,7 +57,7 @@ def test_list_filters_by_model(admin: ApiClient) -> None:
 
 
 def test_list_with_unknown_model_is_422(admin: ApiClient) -> None:
-    assert_problem(admin.get("/api/v1/firmware", params={"model": "bota-watch"}), 422, "model")
+    assert_problem(admin.get("/api/v1/firmware", params={"model": "bota-watch"}), 422, "query.model")
 
 
 def test_list_is_empty_at_first(admin: ApiClient) -> None:

@@ -124,7 +124,7 @@ def test_the_apps_sweeper_runs_both_sweeps(
 ) -> None:
     [stalled] = _delivered(admin, sessions, idle_s=settings.delivery_timeout_s + 5)
     done = client.portal.call(app.state.scheduler.run_once)  # type: ignore[union-attr]
-    assert done == {"ble_modes_ended": 0, "deliveries_timed_out": 1}
+    assert done == {"ble_modes_ended": 0, "deliveries_timed_out": 1, "stale_uploads_removed": 0}
     assert admin.get(f"/api/v1/assignments/{stalled}").json()["error"] == "delivery_timeout"
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 
-from tests.portal.pages import Element, html, table_rows
+from tests.portal.pages import Element, add_user, browser, html, table_rows
 from tests.portal.support import csrf, sign_in
 from tests.support.factories import ApiClient
 
@@ -78,3 +80,62 @@ def test_the_audit_log_pages(client: TestClient, admin: ApiClient, portal_user: 
     assert "/audit?action=device.register&page=2" in page.links()
     _, second = entries(client, "action=device.register&page=2")
     assert {target for _, _, target in first + second} == {f"device BP-P{i:02d}" for i in range(52)}
+
+
+def target_links(page: Element) -> dict[str, str | None]:
+    """Each row's target text → the href of its link (None when it is not a link)."""
+    links: dict[str, str | None] = {}
+    for tr in page.by_id("audit-entries").find_all("tr")[1:]:
+        cell = tr.find_all("td")[3]
+        a = cell.find("a")
+        links[cell.text] = a.attr("href") if a is not None else None
+    return links
+
+
+def test_targets_link_to_their_pages_while_they_exist(
+    client: TestClient, sessions: Any, admin: ApiClient, portal_user: tuple[str, str]
+) -> None:
+    release = admin.release("v1.0.1", bin=b"\x01" * 64)
+    unused = admin.release("v1.0.2", bin=b"\x02" * 64)
+    admin.device(device_id="BP-L-1")
+    admin.device(device_id="BP-L-2")
+    assignment = admin.assign("BP-L-1", release["id"]).json()
+    group = admin.post("/api/v1/groups", json={"name": "Studio", "filter": {"ids": ["BP-L-1"]}}).json()
+    rollout = admin.post(
+        "/api/v1/rollouts",
+        json={"name": "r", "release_id": release["id"], "target": {"filter": {"ids": ["BP-L-2"]}}, "stages": [100]},
+    ).json()
+    assert admin.delete(f"/api/v1/firmware/{unused['id']}").status_code == 204
+    add_user(sessions, "boss@example.com", "admin")
+
+    sign_in(client, *portal_user)  # an operator
+    page, _ = entries(client)
+    links = target_links(page)
+    assert links["device BP-L-1"] == "/devices/BP-L-1"
+    assert links[f"release {release['id']}"] == f"/firmware#release-{release['id']}"
+    assert links[f"release {unused['id']}"] is None  # deleted: nothing to link to
+    assert links[f"assignment {assignment['id']}"] == "/devices/BP-L-1?tab=ota"
+    assert links[f"group {group['id']}"] == f"/groups/{group['id']}"
+    assert links[f"rollout {rollout['id']}"] == f"/rollouts/{rollout['id']}"
+    assert not any(href and href.startswith(("/users", "/tokens")) for href in links.values())  # not theirs to see
+
+    boss = browser(client.app)
+    sign_in(boss, "boss@example.com", "correct-horse")
+    boss_page, _ = entries(boss)
+    user_links = [h for h in target_links(boss_page).values() if h and h.startswith("/users#user-")]
+    users_page = html(boss.get("/users"))
+    assert user_links and all(users_page.has_id(h.split("#")[1]) for h in user_links)
+
+
+def test_times_are_relative_and_the_table_is_a_focusable_region(
+    client: TestClient, admin: ApiClient, portal_user: tuple[str, str]
+) -> None:
+    admin.device(device_id="BP-T-1")
+    sign_in(client, *portal_user)
+    page, _ = entries(client)
+    region = page.find("div", role="region")
+    assert region is not None and region.attr("tabindex") == "0" and region.attr("aria-label") == "Audit entries"
+    assert region.find("table", id="audit-entries") is not None
+    when = page.by_id("audit-entries").find("time")
+    assert when is not None and when.attr("datetime")
+    assert (when.attr("title") or "").endswith(" UTC") and (when.text == "now" or when.text.endswith(" ago"))

@@ -12,7 +12,7 @@ from bota_ota.accounts.service import create_user
 from bota_ota.core.database import session_scope
 from bota_ota.core.settings import Settings
 from bota_ota.ota.words import DEFERRALS, ERRORS
-from tests.portal.pages import flash, html
+from tests.portal.pages import Element, html
 from tests.portal.support import csrf, sign_in
 from tests.support.factories import ApiClient, heartbeat
 
@@ -28,6 +28,14 @@ def setup(admin: ApiClient) -> dict[str, Any]:
     rel = admin.release("v1.0.1", bin=b"\x07" * 300)
     assignment = admin.assign(dev["id"], rel["id"]).json()
     return {"token": dev["token"], "id": assignment["id"]}
+
+
+def flash(page: Element) -> tuple[str, bool] | None:
+    for p in page.by_id("main").find_all("p"):
+        classes = (p.attr("class") or "").split()
+        if "flash" in classes:
+            return p.text, "flash-error" in classes
+    return None
 
 
 def _status(client: TestClient) -> Any:
@@ -80,6 +88,12 @@ def test_a_failure_is_explained_and_retried_from_the_tab(
     explain = status.find(class_="explain")
     assert explain is not None and explain.text == " ".join(ERRORS["crc_mismatch"].split())
     assert "Retry" in status.buttons()
+    # After a reload the failure stays in "Current update", explained, with the Retry button beside it.
+    page = html(client.get("/devices/BP-LIFE-1?tab=ota"))
+    current = page.by_id("ota-status")
+    assert current.by_id("ota-status-line").attr("data-announce") == "v1.0.1 failed: crc_mismatch"
+    assert current.find(class_="explain") is not None
+    assert page.by_id("ota-actions").buttons() == ["Retry"] and current.buttons() == []
 
     token = csrf(client, "/devices/BP-LIFE-1?tab=ota")
     r = client.post(f"/assignments/{setup['id']}/retry", data={"csrf_token": token}, follow_redirects=False)

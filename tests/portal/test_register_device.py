@@ -26,6 +26,8 @@ def test_register_shows_the_token_and_claim_code_once(
     device_token = page.by_id("device-token").text
     claim_code = page.by_id("claim-code").text
     assert device_token.startswith("bota_dt_") and len(claim_code) == 9
+    assert r.headers["cache-control"] == "no-store"
+    assert {b.attr("data-copy") for b in page.find_all("button", class_="copy")} == {device_token, claim_code}
 
     device = admin.get("/api/v1/devices/BP-NEW-1").json()
     assert (device["model"], device["name"]) == ("bota-pin-pro", "Front desk")
@@ -69,7 +71,7 @@ def test_a_duplicate_serial_is_a_409_beside_the_field(
     r = register(client, csrf(client, "/devices/new"), id="BP-DUP-1", model="bota-pin")
     assert r.status_code == 409
     page = html(r)
-    assert "already registered" in field_error(page, "id")
+    assert field_error(page, "id") == "A device with the id BP-DUP-1 is already registered."
     assert not page.has_id("device-token")
     # The first registration's token still works: nothing was replaced.
     assert heartbeat(client, first["token"]).status_code == 200
@@ -80,14 +82,39 @@ def test_a_missing_model_is_shown_beside_the_model(
 ) -> None:
     sign_in(client, *portal_user)
     token = csrf(client, "/devices/new")
-    for model in ("", "toaster"):
+    for model, message in (
+        ("", "Choose a model."),
+        ("toaster", "Model must be one of Bota Pin, Bota Pin Pro, Bota Note."),
+    ):
         r = register(client, token, id="BP-NM-1", model=model)
         assert r.status_code == 422
         page = html(r)
-        assert "model" in field_error(page, "model")
+        assert field_error(page, "model") == message
         assert page.by_id("model").attr("aria-invalid") == "true"
         assert field_error(page, "id") == ""
         assert page.by_id("id").attr("value") == "BP-NM-1"
+    assert admin.get("/api/v1/devices").json() == []
+
+
+def test_every_field_is_checked_at_once_and_named_by_its_label(
+    client: TestClient, admin: ApiClient, portal_user: tuple[str, str]
+) -> None:
+    sign_in(client, *portal_user)
+    r = register(client, csrf(client, "/devices/new"), id="bad serial!", model="toaster", name="n" * 201)
+    assert r.status_code == 422
+    page = html(r)
+    assert field_error(page, "id").startswith("Device id must be 1 to 64 letters")
+    assert field_error(page, "model").startswith("Model must be one of")
+    assert field_error(page, "name") == "Name must be at most 200 characters (it has 201)."
+    for name in ("id", "model", "name"):
+        assert page.by_id(name).attr("aria-invalid") == "true", name
+        assert field_error(page, name).endswith("."), name
+    assert page.find("label", **{"for": "id"}).text == "Device id"  # type: ignore[union-attr]
+    empty = html(register(client, csrf(client, "/devices/new"), id="", model="", name=""))
+    assert (field_error(empty, "id"), field_error(empty, "model")) == (
+        "Device id is required, e.g. BP-000123.",
+        "Choose a model.",
+    )
     assert admin.get("/api/v1/devices").json() == []
 
 

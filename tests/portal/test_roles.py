@@ -38,7 +38,7 @@ def fleet(admin: ApiClient) -> dict[str, str]:
 
 def controls(page: Element) -> set[str]:
     """The action buttons and links of a page (besides signing out and filtering)."""
-    texts = {b for b in page.buttons() if b not in ("Sign out", "Filter")}
+    texts = {b for b in page.buttons() if b not in ("Sign out", "Filter", "Copy", "Go")}  # Go: the pager's jump
     texts |= {a.text for a in page.find_all("a") if a.text in CONTROLS}
     return texts
 

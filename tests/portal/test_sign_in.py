@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.portal.support import csrf, sign_in
@@ -9,13 +10,56 @@ from tests.support.factories import ApiClient, firmware_bytes
 
 
 def test_anonymous_visitors_are_sent_to_sign_in(client: TestClient) -> None:
-    for path in ("/", "/firmware"):
-        r = client.get(path, follow_redirects=False)
-        assert (r.status_code, r.headers["location"]) == (303, "/login")
-    assert (
-        client.get("/firmware", headers={"HX-Request": "true"}, follow_redirects=False).headers["hx-redirect"]
-        == "/login"
+    r = client.get("/", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/login")
+    r = client.get("/firmware", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/login?next=%2Ffirmware")
+    # HTMX (a live region polling after the session ended): back to the page the request came from.
+    r = client.get(
+        "/devices/BP-1/ota-status",
+        headers={"HX-Request": "true", "HX-Current-URL": "http://testserver/devices/BP-1?tab=ota"},
+        follow_redirects=False,
     )
+    assert (r.status_code, r.headers["hx-redirect"]) == (401, "/login?next=%2Fdevices%2FBP-1%3Ftab%3Dota")
+    other_site = {"HX-Request": "true", "HX-Current-URL": "https://evil.example/devices"}
+    assert client.get("/firmware", headers=other_site, follow_redirects=False).headers["hx-redirect"] == "/login"
+
+
+def test_sign_in_returns_to_the_page_you_were_on(client: TestClient, portal_user: tuple[str, str]) -> None:
+    r = client.get("/devices?q=BP&tag=beta", follow_redirects=False)
+    assert r.headers["location"] == "/login?next=%2Fdevices%3Fq%3DBP%26tag%3Dbeta"
+    login = client.get(r.headers["location"])
+    assert 'name="next" value="/devices?q=BP&amp;tag=beta"' in login.text
+    token = csrf(client)
+    # A wrong password keeps the destination for the next try.
+    wrong = client.post(
+        "/login", data={"email": portal_user[0], "password": "nope", "csrf_token": token, "next": "/devices?q=BP"}
+    )
+    assert wrong.status_code == 401 and 'name="next" value="/devices?q=BP"' in wrong.text
+    data = {"email": portal_user[0], "password": portal_user[1], "csrf_token": token, "next": "/devices?q=BP&tag=beta"}
+    r = client.post("/login", data=data, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/devices?q=BP&tag=beta")
+
+
+@pytest.mark.parametrize(
+    "unsafe",
+    [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+        "\\/evil.example",
+        "javascript:alert(1)",
+        "evil.example",
+        "/devices\r\nSet-Cookie: x=1",
+        "/login",
+        "",
+    ],
+)
+def test_sign_in_never_sends_you_off_site(client: TestClient, portal_user: tuple[str, str], unsafe: str) -> None:
+    assert 'name="next"' not in client.get("/login", params={"next": unsafe}).text
+    data = {"email": portal_user[0], "password": portal_user[1], "csrf_token": csrf(client), "next": unsafe}
+    r = client.post("/login", data=data, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/")
 
 
 def test_wrong_password_shows_the_error_beside_the_field(client: TestClient, portal_user: tuple[str, str]) -> None:

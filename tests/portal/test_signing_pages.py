@@ -82,8 +82,8 @@ def test_a_plain_post_with_the_signature_inputs_left_empty_is_unsigned(
 ) -> None:
     form = plain_form(operator_token, "v2.1.0", bin=("pin.bin", IMAGE))
     r = post_plain(client, [*form, ("bin_sig", ("", b"")), ("ufw_sig", ("", b"")), ("security_version", "")])
-    assert (r.status_code, r.headers.get("location")) == (303, "/firmware"), r.text
     [release] = admin.get("/api/v1/firmware").json()
+    assert (r.status_code, r.headers.get("location")) == (303, f"/firmware#release-{release['id']}"), r.text
     assert (release["bin"]["signed"], release["security_version"]) == (False, 0)
     assert "unsigned" in html(client.get("/firmware")).by_id(f"release-{release['id']}").text
     admin.patch("/api/v1/models/bota-pin", json={"require_signed": True})
@@ -130,5 +130,6 @@ def test_unfit_releases_are_marked_and_left_out_of_assign(
         "/devices/BP-SIGNED-1/assign",
         data={"release_id": revoked["id"], "csrf_token": csrf(client, "/devices/BP-SIGNED-1?tab=ota")},
     )
-    assert r.status_code == 422
+    # Refused: back on the OTA tab (never left on the POST address), the reason beside the dropdown.
+    assert r.status_code == 200 and r.url.path == "/devices/BP-SIGNED-1" and r.url.params["tab"] == "ota"
     assert "signed by a revoked key" in html(r).by_id("release-error").text

@@ -163,11 +163,18 @@ def test_groups_for_a_viewer(client: TestClient, admin: ApiClient, sessions: Any
     listed = html(client.get("/groups"))
     assert "/groups/new" not in listed.links() and table_rows(listed)[0][2] == "55"
     page = html(client.get(f"/groups/{group['id']}"))
-    assert page.buttons() == ["Sign out"] and f"/groups/{group['id']}/edit" not in page.links()
+    # Only the pager's page-jump button: nothing that changes the group.
+    assert page.buttons() == ["Sign out", "Go"] and f"/groups/{group['id']}/edit" not in page.links()
+    assert page.form_actions() == ["/logout", f"/groups/{group['id']}"]
     assert len(table_rows(page, page.by_id("members"))) == 50
     assert f"/groups/{group['id']}?page=2" in page.links()
     second = html(client.get(f"/groups/{group['id']}?page=2"))
     assert len(table_rows(second, second.by_id("members"))) == 5
+    third = html(client.get(f"/groups/{group['id']}?per_page=25&page=3"))  # a page size of 25: 25, 25, 5
+    assert len(table_rows(third, third.by_id("members"))) == 5 and "Page 3 of 3" in third.text
+    beyond = html(client.get(f"/groups/{group['id']}?per_page=25&page=9"))  # past the end: the last page
+    assert len(table_rows(beyond, beyond.by_id("members"))) == 5 and "Page 3 of 3" in beyond.text
+    assert beyond.find("time") is not None  # when the group was made and changed, as relative times
     token = csrf(client, "/groups")
     assert client.get("/groups/new").status_code == 403
     assert client.get(f"/groups/{group['id']}/edit").status_code == 403
@@ -227,7 +234,7 @@ def test_assignments_filter_by_release_and_rollout(
     assert page.by_id("rollout-filter").text.startswith("Rollout: Spring (Bota Pin v1.0.1)")
     assert f"/rollouts/{rollout['id']}" in page.links()
     # The status chips and the release form keep the other filters.
-    assert f"/assignments?status=failed&rollout_id={rollout['id']}" in page.links()
+    assert f"/assignments?status=failed&rollout_id={rollout['id']}&sort=-created" in page.links()
     selected = [o.attr("value") for o in page.by_id("release_id").find_all("option") if "selected" in o.attrs]
     assert selected == []
     page = html(client.get(f"/assignments?release_id={old['id']}"))

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bota_ota.core.settings import Settings
-from tests.portal.pages import add_user, field_error, flash, html
+from tests.portal.pages import Element, add_user, field_error, flash, html
 from tests.portal.support import csrf, sign_in
 from tests.portal.uploads import nothing_stored, plain_form, post_json, post_plain
 from tests.support.factories import ApiClient, assert_problem, crc32, files_in, firmware_bytes
@@ -48,15 +48,40 @@ def test_script_upload_returns_the_release_and_the_list_shows_sizes_and_checksum
     assert (body["ufw"]["size"], body["ufw"]["crc32"]) == (1234, crc32(ble))
     assert body["created_by"] == "user:op@example.com"
     assert len(files_in(settings.blob_dir)) == 2
+    # The script goes where Location says: the firmware list, which shows the flash the upload set.
+    assert r.headers["location"] == f"/firmware#release-{body['id']}"
 
     page = html(client.get("/firmware"))
+    assert flash(page) == ("Uploaded v2.1.0 for Bota Pin (4.2 kB).", False)
     row = page.by_id(f"release-{body['id']}")
     cells = [c.text for c in row.descendants if c.tag in ("th", "td")]
-    assert cells[0].startswith("v2.1.0") and "Faster boot" in cells[0]
-    assert "3,000 B" in cells[1] and f"CRC32 {crc32(image):08X}" in cells[1]
-    assert "1,234 B" in cells[2] and f"CRC32 {crc32(ble):08X}" in cells[2]
-    assert f"{crc32(image):08x}" not in row.text  # upper-case hex only
+    assert cells[0].startswith("v2.1.0")
+    assert cells[1].startswith("3.0 kB") and cells[2].startswith("1.2 kB")  # the exact bytes on hover
+    assert row.find("span", title="3,000 bytes") is not None
     assert cells[3] == "released"
+    detail = row.find("tr", class_="release-detail")
+    assert detail is not None
+    assert (detail.find("p", class_="notes") or Element("p", {})).text == "Faster boot"
+    assert f"CRC32 {crc32(image):08X}" in detail.text and f"CRC32 {crc32(ble):08X}" in detail.text
+    assert f"{crc32(image):08x}" not in row.text  # upper-case hex only
+    # The SHA-256 in full (no cut), each with a button that copies it.
+    for kind in ("bin", "ufw"):
+        assert row.by_id(f"sha-{body['id']}-{kind}").text == body[kind]["sha256"]
+    copies = [b.attrs.get("data-copy") for b in row.find_all("button", class_="copy")]
+    assert copies == [body["bin"]["sha256"], body["ufw"]["sha256"]]
+
+
+def test_release_notes_keep_their_line_breaks(client: TestClient, operator_token: str) -> None:
+    notes = "Faster boot.\nFixes:\n- the LED blinks once"
+    r = post_json(
+        client,
+        operator_token,
+        {"version": "v2.1.1", "model": "bota-pin", "notes": notes},
+        {"bin": ("a.bin", b"\x01" * 99)},
+    )
+    assert r.status_code == 201, r.text
+    text = client.get("/firmware").text
+    assert f'<p class="notes">{notes}</p>' in text  # whole, in a pre-line paragraph
 
 
 def test_script_upload_of_a_draft(client: TestClient, admin: ApiClient, operator_token: str) -> None:
@@ -80,12 +105,12 @@ def test_plain_form_post_redirects_with_a_flash(client: TestClient, admin: ApiCl
         client,
         plain_form(operator_token, "v3.0.0", bin=("a.bin", image), ufw=("a.ufw", ble), notes="No JS", draft=True),
     )
-    assert (r.status_code, r.headers["location"]) == (303, "/firmware"), r.text
     [release] = admin.get("/api/v1/firmware").json()
+    assert (r.status_code, r.headers["location"]) == (303, f"/firmware#release-{release['id']}"), r.text
     assert (release["version"], release["released"], release["notes"]) == ("v3.0.0", False, "No JS")
     assert (release["bin"]["crc32"], release["ufw"]["size"]) == (crc32(image), 300)
     page = html(client.get("/firmware"))
-    assert flash(page) == ("Uploaded Bota Pin v3.0.0.", False)
+    assert flash(page) == ("Uploaded v3.0.0 for Bota Pin (1.0 kB).", False)
     assert flash(html(client.get("/firmware"))) is None  # shown once
 
 
@@ -102,8 +127,8 @@ def test_plain_form_post_with_only_one_of_the_two_files(
         else plain_form(operator_token, "v3.1.0", ufw=image)
     )
     r = post_plain(client, form)
-    assert (r.status_code, r.headers.get("location")) == (303, "/firmware"), r.text
     [release] = admin.get("/api/v1/firmware").json()
+    assert (r.status_code, r.headers.get("location")) == (303, f"/firmware#release-{release['id']}"), r.text
     other = "ufw" if chosen == "bin" else "bin"
     assert release[chosen]["size"] == 400 and release[other] is None
 

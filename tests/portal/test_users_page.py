@@ -139,7 +139,7 @@ def test_deactivate_ends_their_session_and_sign_in(
     assert flash(html(r)) == ("ana@example.com is now operator, deactivated.", False)
     assert users(admin)["ana@example.com"]["is_active"] is False
     refused = theirs.get("/devices", follow_redirects=False)
-    assert (refused.status_code, refused.headers["location"]) == (303, "/login")
+    assert (refused.status_code, refused.headers["location"]) == (303, "/login?next=%2Fdevices")
     token = csrf(theirs)  # a page they can still load: the sign-in form
     forged = theirs.post("/devices/new", data={"id": "BP-X", "model": "bota-pin", "csrf_token": token})
     assert forged.url.path == "/login" and admin.get("/api/v1/devices/BP-X").status_code == 404
@@ -180,3 +180,15 @@ def test_the_last_active_admin_cannot_be_demoted_or_deactivated(
 
 def test_unknown_user_is_404(client: TestClient, boss: str) -> None:
     assert post(client, "/users/nope", role="viewer").status_code == 404
+
+
+def test_the_list_is_a_focusable_region_with_relative_times(client: TestClient, boss: str, sessions: Any) -> None:
+    ana = add_user(sessions, "ana@example.com", "viewer")
+    page = html(client.get("/users"))
+    region = page.find("div", role="region")
+    assert region is not None and (region.attr("tabindex"), region.attr("aria-label")) == ("0", "Portal users")
+    row = page.by_id(f"user-{ana}")  # the audit log links here
+    when = row.find("time")
+    assert when is not None and (when.attr("title") or "").endswith(" UTC")
+    [deactivate] = [f for f in row.find_all("form") if f.attr("data-confirm")]
+    assert deactivate.attr("data-confirm") == "Deactivate ana@example.com? They are signed out at once."

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -128,6 +129,7 @@ def test_a_deleted_target_group_pauses_the_rollout(
 # ---- stage placement ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 200 devices registered through the API: seconds before the rollout starts
 def test_the_first_stage_holds_about_its_share_by_a_stable_hash(admin: ApiClient) -> None:
     release = admin.release("v1.0.1")
     ids = [d["id"] for d in fleet(admin, 200, version=None)]
@@ -140,6 +142,7 @@ def test_the_first_stage_holds_about_its_share_by_a_stable_hash(admin: ApiClient
     assert [s["devices"] for s in rollout["stages"][1:]] == [0, 0]  # later stages are not placed yet
 
 
+@pytest.mark.slow  # 200 devices registered through the API: seconds before the rollout starts
 def test_later_stages_add_the_next_buckets_and_keep_the_earlier_devices(admin: ApiClient) -> None:
     release = admin.release("v1.0.1")
     ids = [d["id"] for d in fleet(admin, 200, version=None)]
@@ -158,6 +161,7 @@ def test_later_stages_add_the_next_buckets_and_keep_the_earlier_devices(admin: A
     assert third["totals"]["targeted"] == 200
 
 
+@pytest.mark.slow  # 200 devices registered through the API: seconds before the rollout starts
 def test_different_rollouts_pick_different_first_stages(admin: ApiClient) -> None:
     release = admin.release("v1.0.1")
     ids = [d["id"] for d in fleet(admin, 200, version=None)]

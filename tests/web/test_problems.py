@@ -165,6 +165,7 @@ def _json_endpoints(w: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], s
     ]
 
 
+@pytest.mark.slow  # over 600 requests: seconds however fast each one is
 def test_fuzz_json_endpoints_never_500(admin: ApiClient, fuzz_world: dict[str, Any]) -> None:
     sent = 0
     for method, url, base, cred in _json_endpoints(fuzz_world):

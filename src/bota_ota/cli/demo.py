@@ -11,10 +11,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from rich.panel import Panel
+from sqlalchemy import select
 
-from bota_ota.accounts.service import create_api_token
+from bota_ota.accounts.models import User
+from bota_ota.accounts.service import create_api_token, create_user
 from bota_ota.cli.common import console
+from bota_ota.core import audit
 from bota_ota.core.database import make_engine, make_sessionmaker, session_scope
+from bota_ota.core.security import hash_password, new_password
 from bota_ota.core.settings import Settings
 from bota_ota.firmware.versions import parse_version
 from bota_ota.sim.device import Timing
@@ -26,6 +31,66 @@ log = logging.getLogger(__name__)
 DEMO_DEVICES = 20
 DEMO_MODEL = "bota-pin"
 DEMO_PREFIX = "DEMO"
+
+
+DEMO_EMAIL = "demo@localhost"
+
+
+def demo_sign_in(settings: Settings) -> tuple[str, str]:
+    """The demo's portal account (an admin) with a password new on every demo start, so the console can
+    always show a sign-in that works (the first admin's password is shown only once, at the first start)."""
+    password = new_password()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            user = session.scalar(select(User).where(User.email == DEMO_EMAIL))
+            if user is None:
+                create_user(session, email=DEMO_EMAIL, password=password, role="admin", actor="system:demo")
+            else:
+                user.password_hash = hash_password(password)
+                user.is_active = True
+                audit.record(
+                    session, actor="system:demo", action="user.password_reset", target_type="user", target_id=user.id
+                )
+    finally:
+        engine.dispose()
+    return DEMO_EMAIL, password
+
+
+class QuietAccessLog(logging.Filter):
+    """Keeps uvicorn's access lines (every heartbeat of the simulated fleet, every page) out of the demo's
+    console so its progress lines stay readable; warnings and errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def quiet_access_log(log_level: str) -> bool:
+    """Hide the access log during the demo unless the log level is debug; True when hidden. A filter on the
+    logger, not its level: uvicorn sets the level when it configures its logging, after this runs."""
+    if log_level.lower() == "debug":
+        return False
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QuietAccessLog) for f in access.filters):
+        access.addFilter(QuietAccessLog())
+    return True
+
+
+def demo_banner(base_url: str, email: str, password: str, *, access_log_hidden: bool) -> Panel:
+    quiet = (
+        "The access log is hidden during the demo (warnings still show); [bold]--log-level debug[/bold] shows it."
+        if access_log_hidden
+        else "The access log is on (--log-level debug)."
+    )
+    return Panel.fit(
+        f"Portal:   [bold link={base_url}/]{base_url}/[/bold link]\n"
+        f"Sign in:  [bold]{email}[/bold]  password [bold]{password}[/bold]  (admin; a new password each demo start)\n"
+        f"Fleet:    {DEMO_DEVICES} simulated {DEMO_MODEL} devices ({DEMO_PREFIX}-…) take a new release; "
+        "their progress is printed below.\n"
+        f"{quiet}\nCtrl-C stops the server and the devices.",
+        title="bota-ota demo",
+        border_style="cyan",
+    )
 
 
 def demo_token(settings: Settings) -> str:
@@ -124,6 +189,12 @@ def run_demo(base_url: str, token: str, data_dir: Path) -> None:
 
 
 def start_demo_thread(base_url: str, token: str, data_dir: Path) -> threading.Thread:
+    """Print how to watch the demo, then run the fleet in a thread beside the server."""
+    settings = Settings()  # the server's: ``serve`` has put its data dir into the environment
+    email, password = demo_sign_in(settings)
+    hidden = quiet_access_log(os.environ.get("BOTA_OTA_LOG_LEVEL", "info"))
+    console.print(demo_banner(base_url, email, password, access_log_hidden=hidden))
+
     def target() -> None:
         try:
             run_demo(base_url, token, data_dir)

@@ -14,6 +14,7 @@ from bota_ota.cli import app_sim as app_sim_cli
 from bota_ota.cli import keys as keys_cli
 from bota_ota.cli import rollout as rollout_cli
 from bota_ota.cli import sim as sim_cli
+from bota_ota.cli import storage as storage_cli
 from bota_ota.cli import transparency as transparency_cli
 from bota_ota.cli.common import DataDirOption, cli_session, console, err_console, load_settings
 
@@ -36,6 +37,7 @@ app.add_typer(rollout_cli.app, name="rollout")
 app.add_typer(keys_cli.app, name="keys")
 app.command("sign")(keys_cli.sign)
 app.add_typer(transparency_cli.app, name="transparency")
+app.add_typer(storage_cli.app, name="storage")
 app.command("simulate")(sim_cli.simulate)
 app.command("assign")(sim_cli.assign)
 app.command("app-sim")(app_sim_cli.app_sim)

@@ -51,7 +51,11 @@ class Settings(BaseSettings):
         description="Devices whose heartbeat state each server process caches (about 1 KiB each; 0: no cache).",
     )
     sweep_interval_s: float = Field(
-        30.0, gt=0, le=3600, description="How often each instance runs the BLE-mode and stalled-delivery timeouts."
+        30.0,
+        gt=0,
+        le=3600,
+        description="How often each instance runs the BLE-mode and stalled-delivery timeouts and removes stale "
+        "temporary uploads.",
     )
     rollout_interval_s: float = Field(
         2.0,
@@ -100,6 +104,12 @@ class Settings(BaseSettings):
         False, description="Default policy: wait while the device holds recordings that are not synced yet."
     )
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    stale_upload_s: int = Field(
+        1800,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="A temporary upload file not written for this long is left over from a crash and removed.",
+    )
     secret_key: str | None = Field(
         None,
         description="Signs local download URLs. Default: generated once and kept in <data_dir>/secret_key.",

@@ -48,8 +48,17 @@ def has_all_tags(tags: list[str]) -> Any:
     return Device.id.in_(having)
 
 
-def apply_filter(query: Select[Any], f: DeviceFilter, session: Session | None = None) -> Select[Any]:
-    """Narrow a query over ``Device`` to the filter's devices. ``firmware_below`` needs ``session``."""
+def apply_filter(
+    query: Select[Any], f: DeviceFilter, session: Session | None = None, *, decommissioned: bool | None = False
+) -> Select[Any]:
+    """Narrow a query over ``Device`` to the filter's devices. ``firmware_below`` needs ``session``.
+
+    Decommissioned devices are left out unless ``decommissioned`` is True (only them) or None (any): so
+    groups, rollouts, bulk tags and counts never reach a device taken out of service."""
+    if decommissioned is not None:
+        query = query.where(
+            Device.decommissioned_at.is_not(None) if decommissioned else Device.decommissioned_at.is_(None)
+        )
     if f.model:
         query = query.where(Device.model == f.model)
     if f.ids is not None:

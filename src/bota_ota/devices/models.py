@@ -3,15 +3,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import JSON, Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, event, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from bota_ota.core.database import Base, UTCDateTime, new_id, utcnow
+from bota_ota.devices.version_key import version_key
 
 if TYPE_CHECKING:
     from bota_ota.accounts.models import AppUser
 
 BLE_MODE_WHERE = text("ble_connected")
+# Bytewise on PostgreSQL too (devices/version_key.py): a locale's collation would ignore the key's punctuation.
+VERSION_KEY_TYPE = String(200).with_variant(String(200, collation="C"), "postgresql")
 
 
 class Device(Base):
@@ -25,6 +28,8 @@ class Device(Base):
             sqlite_where=BLE_MODE_WHERE,
             postgresql_where=BLE_MODE_WHERE,
         ),
+        # The device list sorted by version, a page at a time (devices/version_key.py).
+        Index("ix_devices_version_key_id", "version_key", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the serial, e.g. BP-000123
@@ -34,6 +39,8 @@ class Device(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Telemetry, as last reported by the device (or relayed by the app).
     firmware_version: Mapped[str | None] = mapped_column(String(64), index=True)
+    # firmware_version's semantic order as text, set with it (the event below; devices/version_key.py).
+    version_key: Mapped[str | None] = mapped_column(VERSION_KEY_TYPE)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     recording: Mapped[bool] = mapped_column(Boolean, default=False)
     battery: Mapped[int | None] = mapped_column(Integer)
@@ -44,6 +51,9 @@ class Device(Base):
     # Ownership by an app user: set by an operator, or claimed in the app with the claim code.
     owner_id: Mapped[str | None] = mapped_column(ForeignKey("app_users.id", ondelete="SET NULL"), index=True)
     claim_code_hash: Mapped[str | None] = mapped_column(String(64))
+    # Taken out of service: its token and claim code no longer work, it is in no list, count, group or
+    # rollout, and it cannot be assigned; its history stays (devices/service.py decommission_device).
+    decommissioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     owner: Mapped[AppUser | None] = relationship(lazy="selectin")
     tag_rows: Mapped[list[DeviceTag]] = relationship(
@@ -53,6 +63,15 @@ class Device(Base):
     @property
     def tags(self) -> list[str]:
         return [row.tag for row in self.tag_rows]
+
+
+@event.listens_for(Device.firmware_version, "set")
+def _keep_version_key(device: Device, value: str | None, old: object, _initiator: object) -> None:
+    """Every ORM write of ``firmware_version`` (the heartbeat's written-at-once path, the app relay,
+    registration) keeps ``version_key`` in step. Core statements that write ``firmware_version`` must set
+    ``version_key`` themselves (none does: the write-behind flush never writes the version)."""
+    if value != old:
+        device.version_key = version_key(value)
 
 
 class DeviceTag(Base):

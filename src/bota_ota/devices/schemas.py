@@ -161,3 +161,32 @@ class GroupOut(BaseModel):
     created_by: str | None
     created_at: datetime
     updated_at: datetime
+
+
+# ---- rename and CSV import -----------------------------------------------------------------------------
+
+
+class DeviceRename(InputModel):
+    name: str | None = Field(description="The new name (trimmed, at most 200 characters); null or blank clears it")
+
+
+class ImportLineErrorOut(BaseModel):
+    line: int = Field(description="The line of the file (the header row is line 1)")
+    field: str = Field(description="The column: id, model, name, tags or owner")
+    detail: str
+
+
+class ImportCreatedOut(BaseModel):
+    line: int
+    id: str
+    model: str
+    name: str | None
+    token: str = Field(description="The device's bearer token. Shown once; only its hash is stored.")
+    claim_code: str = Field(description="Lets the owner claim the device in the app. Shown once.")
+
+
+class ImportReportOut(BaseModel):
+    dry_run: bool
+    valid: int = Field(description="Lines without an error")
+    errors: list[ImportLineErrorOut] = Field(description="Every error of every line; none were created if any")
+    created: list[ImportCreatedOut] = Field(description="The devices registered (none in a dry run)")

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.orm import Session
 
+from bota_ota.accounts.models import AppUser
 from bota_ota.core import audit
 from bota_ota.core.database import insert_or_raise, utcnow
 from bota_ota.core.device_models import check_model
@@ -29,12 +30,8 @@ def check_device_id(value: str) -> str:
     return value
 
 
-def register_device(
-    session: Session, *, device_id: str, model: str, name: str | None, actor: str
-) -> tuple[Device, str, str]:
-    """Register a device; returns it with its token and its claim code (both shown once)."""
-    if session.get(Device, device_id) is not None:
-        raise Conflict(f"device {device_id} is already registered", field="id")
+def new_device(device_id: str, model: str, name: str | None) -> tuple[Device, str, str]:
+    """A device row, not added yet, with its token and claim code (both shown once; only hashes stored)."""
     token = new_token(DEVICE_TOKEN_PREFIX)
     claim_code = new_claim_code()
     device = Device(
@@ -44,6 +41,16 @@ def register_device(
         name=(name or "").strip() or None,
         token_hash=hash_token(token),
     )
+    return device, token, claim_code
+
+
+def register_device(
+    session: Session, *, device_id: str, model: str, name: str | None, actor: str
+) -> tuple[Device, str, str]:
+    """Register a device; returns it with its token and its claim code (both shown once)."""
+    if session.get(Device, device_id) is not None:
+        raise Conflict(f"device {device_id} is already registered", field="id")
+    device, token, claim_code = new_device(device_id, model, name)
     insert_or_raise(session, device, lambda: Conflict(f"device {device_id} is already registered", field="id"))
     audit.record(
         session,
@@ -79,6 +86,10 @@ def get_device(session: Session, device_id: str) -> Device:
 
 def rotate_token(session: Session, device_id: str, *, actor: str) -> str:
     device = get_device(session, device_id)
+    if device.decommissioned_at is not None:
+        # A decommissioned device has no working token (the heartbeat finds none by its hash); only
+        # recommissioning gives it one.
+        raise Conflict(f"device {device.id} is decommissioned; recommission it to give it a new token", field="id")
     token = new_token(DEVICE_TOKEN_PREFIX)
     device.token_hash = hash_token(token)
     audit.record(session, actor=actor, action="device.rotate_token", target_type="device", target_id=device.id)
@@ -87,7 +98,135 @@ def rotate_token(session: Session, device_id: str, *, actor: str) -> str:
 
 
 def authenticate_device(session: Session, token: str) -> Device | None:
-    return session.scalar(select(Device).where(Device.token_hash == hash_token(token)))
+    return session.scalar(
+        select(Device).where(Device.token_hash == hash_token(token), Device.decommissioned_at.is_(None))
+    )
+
+
+# ---- name, owner, decommissioning ------------------------------------------------------------------
+
+MAX_NAME_LENGTH = 200
+
+
+def check_name(value: str | None) -> str | None:
+    """A device's name: trimmed, at most 200 characters, no NUL; empty means none."""
+    name = (value or "").strip()
+    if "\x00" in name:
+        raise ValidationFailed("the name must not contain NUL characters", field="name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationFailed(f"the name is at most {MAX_NAME_LENGTH} characters (it has {len(name)})", field="name")
+    return name or None
+
+
+def rename_device(session: Session, device_id: str, name: str | None, *, actor: str) -> Device:
+    """Set (or, with None or blanks, clear) a device's name."""
+    new_name = check_name(name)
+    device = get_device(session, device_id)
+    if device.name != new_name:
+        audit.record(
+            session,
+            actor=actor,
+            action="device.rename",
+            target_type="device",
+            target_id=device.id,
+            detail={"before": device.name, "after": new_name},
+        )
+        device.name = new_name
+        session.flush()
+    return device
+
+
+def find_app_user(session: Session, email: str) -> AppUser | None:
+    return session.scalar(select(AppUser).where(AppUser.email == email.strip().lower()))
+
+
+def set_owner(session: Session, device_id: str, email: str | None, *, actor: str) -> Device:
+    """Give the device to the app user with this e-mail, or (None or blanks) take it from its owner."""
+    device = get_device(session, device_id)
+    owner: AppUser | None = None
+    if email and email.strip():
+        owner = find_app_user(session, email)
+        if owner is None:
+            raise ValidationFailed(f"no app user has the e-mail {email.strip().lower()}", field="email")
+        if device.decommissioned_at is not None:
+            raise Conflict(f"device {device.id} is decommissioned; recommission it first", field="email")
+    device.owner_id = owner.id if owner else None
+    record_device_event(session, device.id, "owner.set", actor=actor, email=owner.email if owner else None)
+    audit.record(
+        session,
+        actor=actor,
+        action="device.set_owner",
+        target_type="device",
+        target_id=device.id,
+        detail={"email": owner.email if owner else None},
+    )
+    session.flush()
+    session.refresh(device, ["owner"])
+    return device
+
+
+class DecommissionStep(Protocol):
+    """What a domain above this one does when a device is decommissioned, in the same transaction."""
+
+    def __call__(self, session: Session, device: Device, *, actor: str) -> None: ...
+
+
+# Filled by the domains that hold what a decommissioned device leaves: ``ota`` cancels its active
+# assignment, ``rollouts`` takes it out of every unfinished rollout. This domain sits below them and cannot
+# import them; each registers its step when it is imported, as every process that serves requests does.
+_decommission_steps: list[DecommissionStep] = []
+
+
+def on_decommission(step: DecommissionStep) -> DecommissionStep:
+    """Register ``step`` to run whenever a device is decommissioned (usable as a decorator)."""
+    if step not in _decommission_steps:
+        _decommission_steps.append(step)
+    return step
+
+
+def _lock_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id, with_for_update=True, populate_existing=True)
+    if device is None:
+        raise NotFound(f"device {device_id} not found")
+    return device
+
+
+def decommission_device(session: Session, device_id: str, *, actor: str) -> Device:
+    """Take a device out of service. Its token and claim code stop working at once (both replaced by
+    hashes of secrets nobody holds: the heartbeat caches drop it like a rotated token), its active
+    assignment is cancelled and it leaves every unfinished rollout (the registered steps); lists, counts,
+    groups, rollouts and the app no longer see it. Its history (assignments, events, audit) stays.
+    ``recommission_device`` is the way back."""
+    device = _lock_device(session, device_id)
+    if device.decommissioned_at is not None:
+        raise Conflict(f"device {device.id} is already decommissioned", field="id")
+    device.decommissioned_at = utcnow()
+    device.token_hash = hash_token(new_token(DEVICE_TOKEN_PREFIX))
+    device.claim_code_hash = None
+    device.ble_connected = False
+    record_device_event(session, device.id, "decommissioned", actor=actor)
+    for step in _decommission_steps:
+        step(session, device, actor=actor)
+    audit.record(session, actor=actor, action="device.decommission", target_type="device", target_id=device.id)
+    session.flush()
+    return device
+
+
+def recommission_device(session: Session, device_id: str, *, actor: str) -> tuple[Device, str, str]:
+    """Put a decommissioned device back into service with a new token and claim code (shown once); the
+    token it had before decommissioning never works again."""
+    device = _lock_device(session, device_id)
+    if device.decommissioned_at is None:
+        raise Conflict(f"device {device.id} is not decommissioned", field="id")
+    token = new_token(DEVICE_TOKEN_PREFIX)
+    claim_code = new_claim_code()
+    device.decommissioned_at = None
+    device.token_hash = hash_token(token)
+    device.claim_code_hash = hash_claim_code(claim_code)
+    record_device_event(session, device.id, "recommissioned", actor=actor)
+    audit.record(session, actor=actor, action="device.recommission", target_type="device", target_id=device.id)
+    session.flush()
+    return device, token, claim_code
 
 
 # ---- tags ------------------------------------------------------------------------------------------
@@ -196,7 +335,9 @@ def fleet_counts(session: Session, *, online_window_s: int) -> tuple[int, int]:
     """(devices registered, devices online now)."""
     since = utcnow() - timedelta(seconds=online_window_s)
     total, online = session.execute(
-        select(func.count(), func.count().filter(Device.last_seen_at >= since)).select_from(Device)
+        select(func.count(), func.count().filter(Device.last_seen_at >= since))
+        .select_from(Device)
+        .where(Device.decommissioned_at.is_(None))
     ).one()
     return int(total), int(online or 0)
 
@@ -208,7 +349,9 @@ def firmware_distribution(session: Session) -> dict[str, list[tuple[str, int]]]:
     most devices. One GROUP BY over the devices table: cheap even for a large fleet.
     """
     rows = session.execute(
-        select(Device.model, Device.firmware_version, func.count()).group_by(Device.model, Device.firmware_version)
+        select(Device.model, Device.firmware_version, func.count())
+        .where(Device.decommissioned_at.is_(None))
+        .group_by(Device.model, Device.firmware_version)
     ).all()
     merged: dict[str, dict[str, list[tuple[int, str]]]] = {}
     for model, version, count in rows:

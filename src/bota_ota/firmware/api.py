@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
@@ -20,6 +20,9 @@ from bota_ota.firmware.schemas import (
 )
 from bota_ota.firmware.signing import MAX_SECURITY_VERSION
 from bota_ota.web.deps import CtxDep, SessionDep, SettingsDep, StoreDep
+
+# The names of core/device_models.py DEVICE_MODELS, as a type the OpenAPI document shows as an enum.
+ModelName = Literal["bota-pin", "bota-pin-pro", "bota-note"]
 
 router = APIRouter(prefix="/api/v1/firmware", tags=["firmware"])
 keys_router = APIRouter(prefix="/api/v1/signing-keys", tags=["signing"])
@@ -82,6 +85,11 @@ _UPLOAD_SCHEMA: dict[str, Any] = {
     response_model=ReleaseOut,
     openapi_extra=_UPLOAD_SCHEMA,
     summary="Upload a firmware release (multipart: version, model, bin and/or ufw, their signatures, notes)",
+    responses={
+        413: {"description": "A file (or the whole body) is larger than the upload limit"},
+        415: {"description": "The body is not multipart/form-data"},
+        507: {"description": "The server's disk is full: nothing was stored"},
+    },
 )
 async def upload_release(
     request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, principal: Operator, ctx: CtxDep
@@ -93,7 +101,7 @@ async def upload_release(
 def list_releases(
     session: SessionDep,
     _: Viewer,
-    model: Annotated[str | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
+    model: Annotated[ModelName | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
     released: Annotated[bool | None, Query(description="Only released (true) or drafts (false)")] = None,
 ) -> list[ReleaseOut]:
     return service.release_outs(session, service.list_releases(session, model=model, released=released))

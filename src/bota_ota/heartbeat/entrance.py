@@ -141,6 +141,7 @@ def get_runtime(request: Request) -> HeartbeatRuntime:
     response_model=HeartbeatReply,
     response_model_exclude_none=False,
     summary="Report status; the reply may carry an OTA manifest",
+    responses={413: {"description": "The body is 64 KiB or more (field body)"}},
 )
 async def heartbeat(
     body: Heartbeat,

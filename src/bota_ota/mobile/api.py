@@ -74,7 +74,10 @@ def _refuse_while_locked(seconds: int | None, what: str) -> None:
     "/auth/login",
     response_model=LoginReply,
     summary="Log in; the token authorises the other calls",
-    responses={429: {"description": "Too many failed log-ins for this e-mail address or client; see Retry-After"}},
+    responses={
+        401: {"description": "Wrong e-mail address or password"},
+        429: {"description": "Too many failed log-ins for this e-mail address or client; see Retry-After"},
+    },
 )
 def login(body: Login, request: Request, session: SessionDep, settings: SettingsDep) -> LoginReply:
     # The same shared (database) limit as the portal's sign-in, on keys of its own: app users are other accounts.
@@ -105,7 +108,10 @@ def my_devices(user: AppUserDep, session: SessionDep, settings: SettingsDep) -> 
     "/devices/claim",
     response_model=AppDevice,
     summary="Claim a device with its claim code",
-    responses={429: {"description": "Too many wrong claim codes for this device, user or client; see Retry-After"}},
+    responses={
+        404: {"description": "No device with this id and claim code"},
+        429: {"description": "Too many wrong claim codes for this device, user or client; see Retry-After"},
+    },
 )
 def claim(body: Claim, request: Request, user: AppUserDep, session: SessionDep, settings: SettingsDep) -> AppDevice:
     # Claim codes carry about 40 bits: wrong guesses are limited per device (whoever guesses), per user and per

@@ -17,6 +17,7 @@ from bota_ota.core.errors import Conflict, NotFound, Unauthorized, ValidationFai
 from bota_ota.core.security import hash_claim_code, hash_password, hash_token, new_token, verify_password
 from bota_ota.devices.models import Device
 from bota_ota.devices.service import ble_active, record_device_event
+from bota_ota.devices.service import set_owner as set_owner  # the registry's; the owner API and the CLI use it here
 from bota_ota.firmware.models import Release
 from bota_ota.firmware.security import check_installable, security_floor, unfit_reason
 from bota_ota.firmware.versions import is_newer, version_sort_key
@@ -83,42 +84,24 @@ def authenticate_app_token(session: Session, secret: str) -> AppUser | None:
 
 
 def owned_devices(session: Session, user: AppUser) -> list[Device]:
-    return list(session.scalars(select(Device).where(Device.owner_id == user.id).order_by(Device.id)).all())
+    return list(
+        session.scalars(
+            select(Device).where(Device.owner_id == user.id, Device.decommissioned_at.is_(None)).order_by(Device.id)
+        ).all()
+    )
 
 
 # ---- ownership ---------------------------------------------------------------------------------------
 
 
 def owned_device(session: Session, user: AppUser, device_id: str, *, lock: bool = False) -> Device:
-    query = select(Device).where(Device.id == device_id, Device.owner_id == user.id)
+    # A decommissioned device is gone for the app: neither listed nor offered anything.
+    query = select(Device).where(Device.id == device_id, Device.owner_id == user.id, Device.decommissioned_at.is_(None))
     if lock:
         query = query.with_for_update()
     device = session.scalar(query)
     if device is None:  # not there, or not this user's: the app cannot tell the difference
         raise NotFound(f"device {device_id} not found")
-    return device
-
-
-def set_owner(session: Session, device_id: str, email: str | None, *, actor: str) -> Device:
-    device = session.get(Device, device_id)
-    if device is None:
-        raise NotFound(f"device {device_id} not found")
-    owner: AppUser | None = None
-    if email:
-        owner = session.scalar(select(AppUser).where(AppUser.email == email.strip().lower()))
-        if owner is None:
-            raise NotFound(f"no app user with e-mail {email.strip().lower()}", field="email")
-    device.owner_id = owner.id if owner else None
-    record_device_event(session, device.id, "owner.set", actor=actor, email=owner.email if owner else None)
-    audit.record(
-        session,
-        actor=actor,
-        action="device.set_owner",
-        target_type="device",
-        target_id=device.id,
-        detail={"email": owner.email if owner else None},
-    )
-    session.flush()
     return device
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from fastapi import APIRouter, Query, Response
 
 from bota_ota.accounts.deps import Operator, Viewer
 from bota_ota.core.errors import Forbidden
@@ -16,14 +14,13 @@ from bota_ota.devices.schemas import (
     BulkTags,
     BulkTagsResult,
     DeviceCreate,
-    DeviceFilter,
-    DeviceModel,
     GroupCreate,
     GroupOut,
     GroupUpdate,
     TagsUpdate,
 )
-from bota_ota.ota import fleet, service
+from bota_ota.ota import device_api, fleet, service
+from bota_ota.ota.device_api import ListOptionsDep, QueryFilter
 from bota_ota.ota.schemas import (
     AssignmentCreate,
     AssignmentDetail,
@@ -36,6 +33,8 @@ from bota_ota.web.deps import SessionDep, SettingsDep
 
 router = APIRouter(tags=["assignments"])
 devices_router = APIRouter(prefix="/api/v1/devices", tags=["devices"])
+# Its routes first: "/export.csv" must not be taken for a device id by GET "/{device_id}" below.
+devices_router.include_router(device_api.router)
 groups_router = APIRouter(prefix="/api/v1/groups", tags=["groups"])
 
 
@@ -154,41 +153,6 @@ def register_device(
     return DeviceCreated(**out.model_dump(), token=token, claim_code=claim_code)
 
 
-def query_filter(
-    model: Annotated[DeviceModel | None, Query(description="bota-pin, bota-pin-pro or bota-note")] = None,
-    tag: Annotated[list[str] | None, Query(description="Devices with all of these tags (repeat the parameter)")] = None,
-    q: Annotated[str | None, Query(max_length=100, description="Search in id and name")] = None,
-    firmware_version: Annotated[str | None, Query(max_length=64, description="Exactly this version")] = None,
-    firmware_below: Annotated[str | None, Query(max_length=64, description="A version lower than this")] = None,
-    seen_within_s: Annotated[int | None, Query(description="Last heartbeat at most this many seconds ago")] = None,
-    network: Annotated[str | None, Query(description="wifi or cellular")] = None,
-) -> DeviceFilter:
-    """The device filter (devices/schemas.py) from query parameters, checked by the same model."""
-    raw = {
-        "model": model,
-        "tags": tag,
-        "q": q or None,
-        "firmware_version": firmware_version or None,
-        "firmware_below": firmware_below or None,
-        "seen_within_s": seen_within_s,
-        "network": network,
-    }
-    try:
-        return DeviceFilter.model_validate({k: v for k, v in raw.items() if v is not None})
-    except ValidationError as exc:
-        # Named as the query parameter: "tags" is given as repeated "tag".
-        raise RequestValidationError([{**e, "loc": ("query", *_query_loc(e["loc"]))} for e in exc.errors()]) from None
-
-
-def _query_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-    if loc and loc[0] == "tags":
-        return ("tag", *loc[1:])
-    return loc
-
-
-QueryFilter = Annotated[DeviceFilter, Depends(query_filter)]
-
-
 @devices_router.get("", response_model=list[DeviceOut], summary="List devices (total count in X-Total-Count)")
 def list_devices(
     response: Response,
@@ -196,21 +160,21 @@ def list_devices(
     settings: SettingsDep,
     _: Viewer,
     f: QueryFilter,
-    online: bool | None = None,
-    assignment_status: Annotated[
-        AssignmentStatus | None, Query(description="Status of each device's latest assignment")
-    ] = None,
+    options: ListOptionsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[DeviceOut]:
     devices, total = fleet.list_devices(
         session,
         f,
-        online=online,
+        online=options.online,
         online_window_s=settings.online_window_s,
-        assignment_status=assignment_status,
+        assignment_status=options.assignment_status,
         limit=limit,
         offset=offset,
+        sort=options.sort,
+        descending=options.descending,
+        decommissioned=options.decommissioned,
     )
     response.headers["X-Total-Count"] = str(total)
     return fleet.devices_out(

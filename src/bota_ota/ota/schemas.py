@@ -102,6 +102,9 @@ class DeviceOut(BaseModel):
     owner: str | None = Field(None, description="E-mail of the app user who owns the device")
     tags: list[str] = Field(default_factory=list, description="The device's tags, sorted")
     active_assignment: AssignmentSummary | None
+    decommissioned_at: datetime | None = Field(
+        None, description="When the device was taken out of service (null: in service)"
+    )
 
 
 class DeviceCreated(DeviceOut):

@@ -29,6 +29,7 @@ from bota_ota.core.database import insert_or_raise, new_id, note_changed_devices
 from bota_ota.core.device_models import DEVICE_MODELS
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.settings import Settings
+from bota_ota.devices import service as devices
 from bota_ota.devices.models import Device
 from bota_ota.firmware.models import Release
 from bota_ota.firmware.security import check_installable
@@ -87,9 +88,13 @@ def create_assignment(
     """A pending assignment. A release older than the device's reported version is refused (422) unless
     ``allow_downgrade`` (the caller has checked that an admin asks); the same version is allowed (it is
     applied on the next heartbeat)."""
-    device = session.get(Device, device_id)
+    # FOR SHARE: decommissioning locks the device (FOR UPDATE) before it cancels the active assignment, so
+    # either that cancel sees this assignment or the check below sees the device decommissioned.
+    device = session.get(Device, device_id, with_for_update={"read": True})
     if device is None:
         raise NotFound(f"device {device_id} not found")
+    if device.decommissioned_at is not None:
+        raise Conflict(f"device {device.id} is decommissioned; recommission it before assigning", field="device_id")
     # FOR SHARE: revoking its key or raising its model's floor locks the release (FOR UPDATE) before it
     # cancels the release's active assignments, so either that cancel sees this assignment or the check
     # below sees the revocation (PostgreSQL; SQLite has one writer at a time).
@@ -212,6 +217,27 @@ def cancel_assignment(session: Session, assignment_id: str, *, actor: str) -> As
     )
     session.flush()
     return assignment
+
+
+@devices.on_decommission
+def cancel_for_decommission(session: Session, device: Device, *, actor: str) -> None:
+    """A decommissioned device's active assignment (held or not) is cancelled, its event saying why."""
+    assignment = active_assignment(session, device.id, lock=True)
+    if assignment is None:
+        return
+    previous = assignment.status
+    assignment.status = "cancelled"
+    assignment.finished_at = utcnow()
+    assignment.held = False
+    add_event(assignment, "cancelled", actor=actor, previous=previous, reason="device decommissioned")
+    audit.record(
+        session,
+        actor=actor,
+        action="assignment.cancel",
+        target_type="assignment",
+        target_id=assignment.id,
+        detail={"device_id": device.id, "previous": previous, "reason": "device decommissioned"},
+    )
 
 
 def cancel_active_for_releases(session: Session, release_ids: Sequence[str], *, actor: str, **detail: Any) -> int:

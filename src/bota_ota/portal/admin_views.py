@@ -95,11 +95,13 @@ def create_token(
             request, "tokens.html", status_code=exc.status, user=user, tokens=accounts.list_api_tokens(session),
             roles=ROLES, form={"name": name, "role": role}, errors={exc.field or "name": exc.detail},
         )  # fmt: skip
-    # The secret is shown on this response only: it is stored as a hash.
-    return render(
+    # The secret is shown on this response only (it is stored as a hash), and no cache keeps a copy of it.
+    response = render(
         request, "tokens.html", status_code=201, user=user, tokens=accounts.list_api_tokens(session),
         roles=ROLES, form={}, errors={}, created=token, secret=secret,
     )  # fmt: skip
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.post("/tokens/{token_id}/revoke", dependencies=[CsrfChecked])

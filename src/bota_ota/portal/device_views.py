@@ -1,81 +1,233 @@
-"""Portal: the device list, registering a device, and the device page (Overview, OTA, Activity)."""
+"""Portal: the device list (live, sorted, paged, exported as CSV), registering a device or a CSV file of them,
+and the device page (Overview with the device actions, OTA, Activity)."""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bota_ota.accounts.models import User
+from bota_ota.core.database import session_scope
 from bota_ota.core.device_models import DEVICE_MODELS
-from bota_ota.core.errors import Conflict, ValidationFailed
+from bota_ota.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from bota_ota.core.settings import Settings
+from bota_ota.devices import csvio
 from bota_ota.devices import service as device_service
-from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DeviceFilter, TagsUpdate
+from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DEVICE_ID_RE, DeviceFilter, TagsUpdate
 from bota_ota.firmware import security
 from bota_ota.firmware import service as firmware
-from bota_ota.firmware.versions import is_strictly_newer
+from bota_ota.firmware.versions import is_newer
 from bota_ota.ota import fleet
 from bota_ota.ota import service as ota_service
-from bota_ota.ota.models import ASSIGNMENT_STATUSES
+from bota_ota.ota.models import ASSIGNMENT_STATUSES, Assignment, AssignmentEvent
 from bota_ota.ota.schemas import DeviceOut
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
-from bota_ota.portal.common import PAGE_SIZE, listing, render, require
+from bota_ota.portal.common import PagingDep, listing, pages, render, require
 from bota_ota.portal.forms import field_errors, split_list
-from bota_ota.web.deps import SessionDep, SettingsDep
+from bota_ota.web.deps import CtxDep, SessionDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
+
+LIST_SORTS = ("id", "name", "last_seen", "version", "model")
+# The list's "Decommissioned" filter: hidden by default, shown alone, or shown with the others.
+DECOMMISSIONED = {"": False, "only": True, "all": None}
+MAX_NAME = 200
+# The file travels back in a hidden form field on the second step, and Starlette reads a form field of at most
+# 1 MiB: a larger file is split (10,000 lines of id, model, name and tags fit easily).
+MAX_IMPORT_BYTES = 1024 * 1024
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def sentence(text: str) -> str:
+    """A service's message as the portal shows it: capitalised, ending with a full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _actor(user: User) -> str:
+    return f"user:{user.email}"
+
+
+# ---- the device list ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceList:
+    """The list's filters as the form shows them, and as the fleet read model takes them."""
+
+    values: dict[str, str]
+    device_filter: DeviceFilter | None  # None: a field is invalid (said beside it) and nothing is listed
+    errors: dict[str, str]
+    online: bool | None
+    assignment_status: str | None
+    decommissioned: bool | None
+
+    def fetch(
+        self, session: Session, settings: Settings, *, sort: str, descending: bool, limit: int, offset: int
+    ) -> tuple[Sequence[Any], int]:
+        return fleet.list_devices(
+            session,
+            self.device_filter,
+            online=self.online,
+            online_window_s=settings.online_window_s,
+            assignment_status=self.assignment_status,
+            decommissioned=self.decommissioned,
+            sort=sort,
+            descending=descending,
+            limit=limit,
+            offset=offset,
+        )
+
+
+def device_list(
+    q: Annotated[str, Query(max_length=100)] = "",
+    model: Annotated[str, Query(max_length=32)] = "",
+    version: Annotated[str, Query(max_length=64)] = "",
+    online: Annotated[str, Query(max_length=8)] = "",
+    status: Annotated[str, Query(max_length=16)] = "",
+    tag: Annotated[list[str] | None, Query()] = None,
+    decommissioned: Annotated[str, Query(max_length=8)] = "",
+) -> DeviceList:
+    """Read leniently: a value the form never offers is the same as none (a bad tag is said beside the field)."""
+    model = model if model in DEVICE_MODELS else ""
+    status = status if status in ASSIGNMENT_STATUSES else ""
+    online = online if online in ("yes", "no") else ""
+    decommissioned = decommissioned if decommissioned in DECOMMISSIONED else ""
+    tags = split_list(*(tag or []))  # "beta, eu" or tag=beta&tag=eu
+    errors: dict[str, str] = {}
+    device_filter: DeviceFilter | None = None
+    try:
+        device_filter = DeviceFilter(
+            model=model or None, q=q.strip() or None, firmware_version=version.strip() or None, tags=tags or None
+        )
+    except ValidationError as exc:
+        by_field = field_errors(exc, lambda loc: "tag" if loc[0] == "tags" else str(loc[0]))
+        errors = {name: sentence(message) for name, message in by_field.items()}
+    values = {
+        "q": q, "model": model, "version": version, "online": online, "status": status, "tag": ", ".join(tags),
+        "decommissioned": decommissioned,
+    }  # fmt: skip
+    return DeviceList(
+        values=values,
+        device_filter=device_filter,
+        errors=errors,
+        online={"yes": True, "no": False}.get(online),
+        assignment_status=status or None,
+        decommissioned=DECOMMISSIONED[decommissioned],
+    )
+
+
+DeviceListDep = Annotated[DeviceList, Depends(device_list)]
+
+
+def latest_assignments(session: Session, device_ids: Sequence[str]) -> dict[str, Assignment]:
+    """Each device's newest assignment, active or not, in one query (a window over the devices' assignments)."""
+    if not device_ids:
+        return {}
+    ranked = (
+        select(
+            Assignment.id,
+            func.row_number()
+            .over(partition_by=Assignment.device_id, order_by=(Assignment.created_at.desc(), Assignment.id.desc()))
+            .label("n"),
+        )
+        .where(Assignment.device_id.in_(list(device_ids)))
+        .subquery()
+    )
+    rows = session.scalars(select(Assignment).join(ranked, ranked.c.id == Assignment.id).where(ranked.c.n == 1))
+    return {a.device_id: a for a in rows}
 
 
 @router.get("/devices", response_class=HTMLResponse)
 def devices_page(
-    request: Request,
-    user: PortalUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    q: Annotated[str, Query(max_length=100)] = "",
-    model: Annotated[str, Query(max_length=32)] = "",
-    version: Annotated[str, Query(max_length=64)] = "",
-    online: Annotated[str, Query(pattern="^(|yes|no)$")] = "",
-    status: Annotated[str, Query(max_length=16)] = "",
-    tag: Annotated[list[str] | None, Query()] = None,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    request: Request, user: PortalUser, session: SessionDep, settings: SettingsDep, paging: PagingDep, dl: DeviceListDep
 ) -> HTMLResponse:
-    model_filter = model if model in DEVICE_MODELS else None
-    status_filter = status if status in ASSIGNMENT_STATUSES else None
-    tags = split_list(*(tag or []))  # "beta, eu" or tag=beta&tag=eu
-    errors: dict[str, str] = {}
-    devices: list[DeviceOut] = []
+    key, descending = paging.order(LIST_SORTS, "id")
+    rows: Sequence[Any] = []
     total = 0
-    try:
-        f = DeviceFilter(
-            model=model_filter, q=q.strip() or None, firmware_version=version.strip() or None, tags=tags or None
-        )
-    except ValidationError as exc:  # a bad tag: said beside the field, and nothing listed
-        errors = field_errors(exc, lambda loc: "tag" if loc[0] == "tags" else str(loc[0]))
-    else:
-        rows, total = fleet.list_devices(
-            session,
-            f,
-            online={"yes": True, "no": False}.get(online),
-            online_window_s=settings.online_window_s,
-            assignment_status=status_filter,
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-        )
-        devices = fleet.devices_out(
-            session, rows, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
-        )
-    filters = {
-        "q": q, "model": model_filter or "", "version": version, "online": online, "status": status_filter or "",
-        "tag": ", ".join(tags),
-    }  # fmt: skip
+    if dl.device_filter is not None:
+        for _ in range(2):
+            rows, total = dl.fetch(
+                session, settings, sort=key, descending=descending, limit=paging.per_page, offset=paging.offset
+            )
+            last = pages(total, paging.per_page)
+            if paging.page <= last:
+                break
+            paging = replace(paging, page=last)  # past the end (the list shrank, or a typed number): the last page
+    devices = fleet.devices_out(
+        session, rows, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
+    )
     return render(
-        request, "devices.html", status_code=422 if errors else 200, user=user, devices=devices,
-        statuses=ASSIGNMENT_STATUSES, errors=errors, **listing(total, page, filters),
+        request, "devices.html", status_code=422 if dl.errors else 200, user=user, devices=devices,
+        latest=latest_assignments(session, [d.id for d in devices]), statuses=ASSIGNMENT_STATUSES, errors=dl.errors,
+        **listing(total, paging, dl.values, sort=("-" if descending else "") + key),
     )  # fmt: skip
+
+
+@router.get("/devices/export.csv")
+def export_devices(
+    user: PortalUser, ctx: CtxDep, settings: SettingsDep, paging: PagingDep, dl: DeviceListDep
+) -> Response:
+    """Every device the list's filters match, in the list's order (not one page), in the columns the import
+    reads. Streamed from a session of its own: the request's closes before the body is sent."""
+    key, descending = paging.order(LIST_SORTS, "id")
+
+    def rows() -> Iterator[DeviceOut]:
+        if dl.device_filter is None:
+            return
+        with session_scope(ctx.sessions) as session:
+            yield from fleet.iter_devices(
+                session,
+                dl.device_filter,
+                online=dl.online,
+                online_window_s=settings.online_window_s,
+                assignment_status=dl.assignment_status,
+                decommissioned=dl.decommissioned,
+                sort=key,
+                descending=descending,
+                ble_timeout_s=settings.ble_relay_timeout_s,
+            )
+
+    return StreamingResponse(
+        csvio.write_devices_csv(rows()),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="devices.csv"'},
+    )
+
+
+# ---- registering: one device, or a CSV file of them ----------------------------------------------------------
+
+
+def registration_errors(device_id: str, model: str, name: str) -> dict[str, str]:
+    """Every field's problem at once, in the form's words."""
+    errors: dict[str, str] = {}
+    if not device_id:
+        errors["id"] = "Device id is required, e.g. BP-000123."
+    elif not DEVICE_ID_RE.match(device_id):
+        errors["id"] = (
+            "Device id must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or a digit "
+            "(e.g. BP-000123)."
+        )
+    if not model:
+        errors["model"] = "Choose a model."
+    elif model not in DEVICE_MODELS:
+        errors["model"] = f"Model must be one of {', '.join(DEVICE_MODELS.values())}."
+    if len(name) > MAX_NAME:
+        errors["name"] = f"Name must be at most {MAX_NAME} characters (it has {len(name)})."
+    return errors
 
 
 @router.get("/devices/new", response_class=HTMLResponse)
@@ -89,59 +241,226 @@ def register(
     request: Request,
     user: PortalUser,
     session: SessionDep,
-    device_id: Annotated[str, Form(alias="id", max_length=200)] = "",
-    model: Annotated[str, Form(max_length=64)] = "",
-    name: Annotated[str, Form(max_length=500)] = "",
+    device_id: Annotated[str, Form(alias="id", max_length=500)] = "",
+    model: Annotated[str, Form(max_length=500)] = "",
+    name: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     require(user, "operator")
     form = {"id": device_id, "model": model, "name": name}
-    try:
-        device_id = device_service.check_device_id(device_id)
-        if len(name.strip()) > 200:
-            raise ValidationFailed("the name must be at most 200 characters", field="name")
-        device, token, claim_code = device_service.register_device(
-            session, device_id=device_id, model=model, name=name, actor=f"user:{user.email}"
-        )
-        session.commit()
-    except (ValidationFailed, Conflict) as exc:
-        errors = {exc.field or "id": exc.detail}
+    device_id, name = device_id.strip(), name.strip()
+    errors = registration_errors(device_id, model, name)
+    if not errors:
+        try:
+            device, token, claim_code = device_service.register_device(
+                session, device_id=device_id, model=model, name=name, actor=_actor(user)
+            )
+            session.commit()
+        except Conflict:
+            session.rollback()
+            errors = {"id": f"A device with the id {device_id} is already registered."}
+        except ValidationFailed as exc:
+            session.rollback()
+            errors = {exc.field or "id": sentence(exc.detail)}
+    if errors:
+        status = 409 if "already registered" in errors.get("id", "") else 422
         return render(
-            request, "register.html", status_code=exc.status, user=user, form=form, errors=errors,
+            request, "register.html", status_code=status, user=user, form=form, errors=errors,
             id_pattern=DEVICE_ID_PATTERN,
         )  # fmt: skip
-    return render(
+    response = render(
         request, "registered.html", status_code=201, user=user, device=device, token=token, claim_code=claim_code
     )
+    response.headers.update(NO_STORE)
+    return response
 
 
-def _device_context(session: Session, settings: Settings, device_id: str) -> dict[str, Any]:
+@router.get("/devices/import", response_class=HTMLResponse)
+def import_page(request: Request, user: PortalUser) -> HTMLResponse:
+    require(user, "operator")
+    return render(request, "device_import.html", user=user, step="upload", errors={})
+
+
+def _preview(text: str, error_lines: set[int]) -> list[dict[str, Any]]:
+    """The lines of a checked file that would be registered (line, id, model, name), for the check page; the
+    import's dry run checks them, this only shows them. Line numbers count as the import counts them."""
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    header: list[str] | None = None
+    out: list[dict[str, Any]] = []
+    end = 0
+    try:
+        for record in reader:
+            start, end = end + 1, reader.line_num
+            if not any(cell.strip() for cell in record):
+                continue
+            if header is None:
+                header = [cell.strip().lower() for cell in record]
+                continue
+            if start not in error_lines:
+                cells = dict(zip(header, (cell.strip() for cell in record), strict=False))
+                out.append({"line": start, "id": cells.get("id", ""), "model": cells.get("model", ""),
+                            "name": cells.get("name", "")})  # fmt: skip
+    except csv.Error:
+        return []  # the import said why beside the file field
+    return out
+
+
+def _import_step(
+    request: Request, user: User, session: Session, text: str, *, dry_run: bool
+) -> tuple[Any, HTMLResponse | None]:
+    """Run the import (or its dry run). A report with errors is the check page again, with every error; a file
+    the import refuses as a whole (not CSV, no header, too many lines) is the upload form with the reason."""
+    try:
+        report = csvio.import_devices(session, text, dry_run=dry_run, actor=_actor(user))
+    except (ValidationFailed, Conflict, PayloadTooLarge) as exc:
+        session.rollback()
+        errors = {"file": sentence(exc.detail)}
+        return None, render(
+            request, "device_import.html", status_code=exc.status, user=user, step="upload", errors=errors
+        )
+    if dry_run or report.errors:
+        session.rollback()
+        preview = _preview(text, {e.line for e in report.errors})
+        return report, render(
+            request, "device_import.html", status_code=422 if report.errors else 200, user=user, step="check",
+            report=report, preview=preview, csv_text=text, errors={},
+        )  # fmt: skip
+    session.commit()
+    return report, None
+
+
+@router.post("/devices/import", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def import_dry_run(
+    request: Request, user: PortalUser, session: SessionDep, file: Annotated[UploadFile | None, File()] = None
+) -> Response:
+    """Step 1: the file is checked, nothing is written; the page lists what would be created and every error."""
+    require(user, "operator")
+    error = ""
+    text = ""
+    if file is None or not file.filename:
+        error = "Choose a CSV file to import."
+    else:
+        data = file.file.read(MAX_IMPORT_BYTES + 1)
+        if len(data) > MAX_IMPORT_BYTES:
+            error = "The file is larger than 1 MB; split it into several files."
+        else:
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                error = "The file is not UTF-8 text; save it as CSV (UTF-8) and try again."
+    if error:
+        return render(request, "device_import.html", status_code=422, user=user, step="upload", errors={"file": error})
+    _, response = _import_step(request, user, session, text, dry_run=True)
+    assert response is not None  # a dry run always answers with a page
+    return response
+
+
+@router.post("/devices/import/run", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def import_run(
+    request: Request,
+    user: PortalUser,
+    session: SessionDep,
+    csv_text: Annotated[str, Form(alias="csv", max_length=MAX_IMPORT_BYTES)] = "",
+) -> Response:
+    """Step 2: the same file (carried in a hidden field) registered for real, all or nothing. Something that
+    changed meanwhile (a device registered by someone else) shows the checked page again with the error."""
+    require(user, "operator")
+    report, response = _import_step(request, user, session, csv_text, dry_run=False)
+    if response is not None:
+        return response
+    response = render(request, "device_import.html", status_code=201, user=user, step="done", report=report, errors={})
+    response.headers.update(NO_STORE)
+    return response
+
+
+@router.post("/devices/import/tokens.csv", dependencies=[CsrfChecked])
+def import_tokens_csv(user: PortalUser, tokens: Annotated[str, Form(max_length=MAX_IMPORT_BYTES * 2)] = "") -> Response:
+    """The tokens page's "Download CSV": its hidden rows back as a file. Only the three columns leave, re-written
+    by the csv module, so the download is a plain CSV whatever the field held. Nothing is stored to serve it."""
+    require(user, "operator")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "token", "claim_code"])
+    for row in csv.reader(io.StringIO(tokens)):
+        if len(row) == 3 and row[0] != "id":
+            writer.writerow(row)
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={**NO_STORE, "Content-Disposition": 'attachment; filename="device-tokens.csv"'},
+    )
+
+
+# ---- the device page -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activity:
+    """One line of the Activity tab: an assignment's event or a device event."""
+
+    at: datetime
+    kind: str
+    detail: dict[str, Any]
+    actor: str | None
+    version: str | None = None  # the assignment's, for its events
+
+
+def device_activity(session: Session, device_id: str, *, limit: int = 100) -> list[Activity]:
+    """Everything that happened to the device, newest first: its assignments' events (delivered, state reports,
+    applied, failed …) merged with its own events (Bluetooth, ownership)."""
+    ota_events = session.execute(
+        select(AssignmentEvent, Assignment.version)
+        .join(Assignment, Assignment.id == AssignmentEvent.assignment_id)
+        .where(Assignment.device_id == device_id)
+        .order_by(AssignmentEvent.at.desc(), AssignmentEvent.seq.desc())
+        .limit(limit)
+    ).all()
+    items = [Activity(e.at, e.kind, e.detail or {}, e.actor, version) for e, version in ota_events]
+    items += [
+        Activity(e.at, e.kind, e.detail or {}, e.actor)
+        for e in device_service.list_device_events(session, device_id, limit=limit)
+    ]
+    items.sort(key=lambda item: item.at, reverse=True)
+    return items[:limit]
+
+
+def ota_key(latest: Assignment | None) -> str:
+    """What the OTA tab shows of the latest assignment, in a word: the polled status region sends it back, and a
+    different one tells the page (``HX-Trigger: ota-changed``) to refresh its actions and history."""
+    if latest is None:
+        return "none"
+    parts = (latest.id, latest.status, latest.ota_state, latest.progress, latest.attempts, latest.deferred)
+    return ":".join("" if p is None else str(p) for p in parts)
+
+
+def _device_page(
+    session: Session, settings: Settings, device_id: str, tab: str, *, release_id: str = ""
+) -> dict[str, Any]:
     device = device_service.get_device(session, device_id)
     active = fleet.active_assignments_for(session, [device.id]).get(device.id)
-    out = fleet.device_out(
+    out: DeviceOut = fleet.device_out(
         device, active, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
     )
-    return {"device": out, "active": active, "max_attempts": settings.max_attempts}
-
-
-def _device_page(session: Session, settings: Settings, device_id: str, tab: str) -> dict[str, Any]:
-    ctx = _device_context(session, settings, device_id)
-    device = ctx["device"]
-    ctx.update(tab=tab, error=None, tag_errors={}, tags_value=", ".join(device.tags))
+    latest = active or latest_assignments(session, [device.id]).get(device.id)
+    ctx: dict[str, Any] = {
+        "device": out, "active": active, "latest": latest, "ota_key": ota_key(latest), "tab": tab,
+        "max_attempts": settings.max_attempts, "errors": {}, "form": {"name": out.name or "", "owner": out.owner or ""},
+        "tags_value": ", ".join(out.tags), "assign_error": None, "chosen_release": release_id,
+    }  # fmt: skip
     if tab == "ota":
-        # A release older than the device's reported version is not offered: a downgrade needs an admin and
-        # "allow_downgrade" (the API or `bota-ota assign --allow-downgrade`).
+        # Only releases newer than the device's reported version are offered: the same version needs no update,
+        # and a downgrade needs an admin and "allow_downgrade" (the API or `bota-ota assign --allow-downgrade`).
         releases = [r for r in firmware.list_releases(session, model=device.model) if r.artifact("bin")]
         # Nor is a release nobody may install (a revoked signing key, below the security floor): said in a hint.
         unfit = security.unfit_reasons(session, releases)
         ctx["unfit_hidden"] = [reason for r in releases if (reason := unfit[r.id])]
         releases = [r for r in releases if not unfit[r.id]]
-        ctx["releases"] = [r for r in releases if not is_strictly_newer(device.firmware_version, r.version)]
+        ctx["releases"] = [r for r in releases if is_newer(r.version, device.firmware_version)]
         ctx["older_hidden"] = len(releases) - len(ctx["releases"])
         history, _ = ota_service.list_assignments(session, device_id=device.id, limit=50)
         ctx["history"] = history
         ctx["events"] = {a.id: ota_service.get_assignment(session, a.id, with_events=True).events for a in history[:10]}
     elif tab == "activity":
-        ctx["activity"] = device_service.list_device_events(session, device.id, limit=100)
+        ctx["activity"] = device_activity(session, device.id)
     return ctx
 
 
@@ -153,49 +472,72 @@ def device_page(
     session: SessionDep,
     settings: SettingsDep,
     tab: Annotated[str, Query(pattern="^(overview|ota|activity)$")] = "overview",
+    release_id: Annotated[str, Query(max_length=64)] = "",
 ) -> HTMLResponse:
-    return render(request, "device.html", user=user, **_device_page(session, settings, device_id, tab))
+    ctx = _device_page(session, settings, device_id, tab, release_id=release_id)
+    if tab == "ota":
+        ctx["assign_error"] = request.session.pop("assign_error", None)
+    response = render(request, "device.html", user=user, **ctx)
+    seen = request.headers.get("x-ota-seen")
+    if seen is not None and seen != ctx["ota_key"]:
+        response.headers["HX-Trigger"] = "ota-changed"
+    return response
 
 
 @router.get("/devices/{device_id}/ota-status", response_class=HTMLResponse)
 def ota_status(
     request: Request, device_id: str, user: PortalUser, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
-    """The live status badge of the OTA tab; HTMX polls it, so the page never needs a reload."""
-    ctx = _device_context(session, settings, device_id)
-    latest, _ = ota_service.list_assignments(session, device_id=device_id, limit=1)
-    return render(request, "_ota_status.html", user=user, latest=latest[0] if latest else None, **ctx)
+    """The OTA tab's status alone (the device's latest assignment), for scripts and tests that want only that."""
+    ctx = _device_page(session, settings, device_id, "status")
+    return render(request, "_ota_fragment.html", user=user, **ctx)
 
 
-@router.post("/devices/{device_id}/assign", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def _back_to_ota(device_id: str, release_id: str = "") -> RedirectResponse:
+    query = f"&release_id={release_id}" if release_id else ""
+    return RedirectResponse(f"/devices/{device_id}?tab=ota{query}", status_code=303)
+
+
+@router.post("/devices/{device_id}/assign", dependencies=[CsrfChecked])
 def assign(
     request: Request,
     device_id: str,
     user: PortalUser,
     session: SessionDep,
-    settings: SettingsDep,
     release_id: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
+    """Assign, then back to the OTA tab: a refusal is said beside the dropdown, with the chosen release kept."""
     require(user, "operator")
+    device_service.get_device(session, device_id)  # an unknown device is 404, whatever the form says
     try:
         if not release_id:
-            raise ValidationFailed("Choose a release.", field="release_id")
-        ota_service.create_assignment(session, device_id=device_id, release_id=release_id, actor=f"user:{user.email}")
-    except (ValidationFailed, Conflict) as exc:  # shown beside the release dropdown
-        context = {**_device_page(session, settings, device_id, "ota"), "error": exc.detail}
-        return render(request, "device.html", status_code=exc.status, user=user, **context)
-    return RedirectResponse(f"/devices/{device_id}?tab=ota", status_code=303)
+            raise ValidationFailed("choose a release", field="release_id")
+        assignment = ota_service.create_assignment(
+            session, device_id=device_id, release_id=release_id, actor=_actor(user)
+        )
+        session.commit()
+    except (ValidationFailed, Conflict, NotFound) as exc:
+        session.rollback()
+        request.session["assign_error"] = sentence(exc.detail)
+        flash(request, "Not assigned: the reason is beside the release.", error=True)
+        return _back_to_ota(device_id, release_id if release_id.isalnum() else "")
+    flash(request, f"Assigned {assignment.version} to {device_id}; it is delivered at the device's next heartbeat.")
+    return _back_to_ota(device_id)
 
 
 @router.post("/assignments/{assignment_id}/cancel", dependencies=[CsrfChecked])
 def cancel(request: Request, assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
     require(user, "operator")
     try:
-        assignment = ota_service.cancel_assignment(session, assignment_id, actor=f"user:{user.email}")
+        assignment = ota_service.cancel_assignment(session, assignment_id, actor=_actor(user))
+        session.commit()
     except Conflict as exc:  # finished meanwhile (the page was stale): say so on the OTA tab
+        session.rollback()
         assignment = ota_service.get_assignment(session, assignment_id)
         flash(request, f"Not cancelled: {exc.detail}.", error=True)
-    return RedirectResponse(f"/devices/{assignment.device_id}?tab=ota", status_code=303)
+    else:
+        flash(request, f"Cancelled the update of {assignment.device_id} to {assignment.version}.")
+    return _back_to_ota(assignment.device_id)
 
 
 @router.post("/assignments/{assignment_id}/retry", dependencies=[CsrfChecked])
@@ -204,12 +546,82 @@ def retry(request: Request, assignment_id: str, user: PortalUser, session: Sessi
     require(user, "operator")
     old = ota_service.get_assignment(session, assignment_id)
     try:
-        new = ota_service.retry_assignment(session, assignment_id, actor=f"user:{user.email}")
+        new = ota_service.retry_assignment(session, assignment_id, actor=_actor(user))
     except (ValidationFailed, Conflict) as exc:  # e.g. assigned again meanwhile, or now a downgrade
         flash(request, f"Not retried: {exc.detail}.", error=True)
     else:
         flash(request, f"Retrying {new.version}: a new assignment is pending.")
-    return RedirectResponse(f"/devices/{old.device_id}?tab=ota", status_code=303)
+    return _back_to_ota(old.device_id)
+
+
+# ---- the device actions of the Overview tab ---------------------------------------------------------------------
+
+
+def _overview_refused(
+    request: Request, user: User, session: Session, settings: Settings, device_id: str, errors: dict[str, str],
+    form: dict[str, str], status: int = 422,
+) -> HTMLResponse:  # fmt: skip
+    """The Overview again, the message beside the field and what was typed kept."""
+    session.rollback()
+    ctx = _device_page(session, settings, device_id, "overview")
+    ctx["form"].update(form)
+    ctx["errors"] = errors
+    if "tags" in form:
+        ctx["tags_value"] = form["tags"]
+    return render(request, "device.html", status_code=status, user=user, **ctx)
+
+
+@router.post("/devices/{device_id}/name", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def rename(
+    request: Request,
+    device_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    name: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    require(user, "operator")
+    device_service.get_device(session, device_id)
+    name = name.strip()
+    if len(name) > MAX_NAME:
+        error = f"Name must be at most {MAX_NAME} characters (it has {len(name)})."
+        return _overview_refused(request, user, session, settings, device_id, {"name": error}, {"name": name})
+    try:
+        device_service.rename_device(session, device_id, name, actor=_actor(user))
+        session.commit()
+    except (ValidationFailed, Conflict) as exc:
+        errors = {"name": sentence(exc.detail)}
+        return _overview_refused(request, user, session, settings, device_id, errors, {"name": name}, exc.status)
+    flash(request, f"Renamed {device_id} to “{name}”." if name else f"Removed the name of {device_id}.")
+    return RedirectResponse(f"/devices/{device_id}", status_code=303)
+
+
+@router.post("/devices/{device_id}/owner", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def set_owner(
+    request: Request,
+    device_id: str,
+    user: PortalUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    owner: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Set the owner by an app user's e-mail; an empty field clears it."""
+    require(user, "operator")
+    device_service.get_device(session, device_id)
+    email = owner.strip()
+    error = ""
+    if email and ("@" not in email or len(email) > 254 or " " in email):
+        error = "Owner's e-mail must be an e-mail address, e.g. name@example.com."
+    else:
+        try:
+            device_service.set_owner(session, device_id, email or None, actor=_actor(user))
+            session.commit()
+        except (ValidationFailed, Conflict) as exc:  # no app user with that e-mail; decommissioned meanwhile
+            error = sentence(exc.detail)
+    if error:
+        return _overview_refused(request, user, session, settings, device_id, {"owner": error}, {"owner": owner})
+    flash(request, f"{device_id} belongs to {email.lower()}." if email else f"{device_id} has no owner now.")
+    return RedirectResponse(f"/devices/{device_id}", status_code=303)
 
 
 @router.post("/devices/{device_id}/tags", response_class=HTMLResponse, dependencies=[CsrfChecked])
@@ -221,20 +633,67 @@ def set_tags(
     settings: SettingsDep,
     tags: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
-    """The Overview tab's tag form: the tags, comma-separated, replace the device's (empty removes them)."""
+    """The tags, comma-separated, replace the device's (empty removes them)."""
     require(user, "operator")
     device_service.get_device(session, device_id)  # an unknown device is 404, whatever the form says
     try:
         body = TagsUpdate(tags=split_list(tags))
-        device = device_service.set_tags(session, device_id, body.tags, actor=f"user:{user.email}")
+        device = device_service.set_tags(session, device_id, body.tags, actor=_actor(user))
         session.commit()
-    except (ValidationError, ValidationFailed) as exc:
-        if isinstance(exc, ValidationError):
-            errors = field_errors(exc, lambda loc: "tags")
-        else:
-            session.rollback()
-            errors = {"tags": exc.detail}
-        context = {**_device_page(session, settings, device_id, "overview"), "tag_errors": errors, "tags_value": tags}
-        return render(request, "device.html", status_code=422, user=user, **context)
+    except ValidationError as exc:
+        errors = {k: sentence(v) for k, v in field_errors(exc, lambda loc: "tags").items()}
+        return _overview_refused(request, user, session, settings, device_id, errors, {"tags": tags})
+    except ValidationFailed as exc:
+        errors = {"tags": sentence(exc.detail)}
+        return _overview_refused(request, user, session, settings, device_id, errors, {"tags": tags})
     flash(request, f"Tags of {device.id}: {', '.join(device.tags) if device.tags else 'none'}.")
     return RedirectResponse(f"/devices/{device_id}", status_code=303)
+
+
+def _secrets_page(request: Request, user: User, device_id: str, token: str, claim_code: str | None) -> Response:
+    """A new token (and claim code) shown this once, never cached."""
+    response = render(request, "token_shown.html", user=user, device_id=device_id, token=token, claim_code=claim_code)
+    response.headers.update(NO_STORE)
+    return response
+
+
+@router.post("/devices/{device_id}/token", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def rotate_token(request: Request, device_id: str, user: PortalUser, session: SessionDep) -> Response:
+    """A new device token; the old one stops working at once."""
+    require(user, "operator")
+    try:
+        token = device_service.rotate_token(session, device_id, actor=_actor(user))
+        session.commit()
+    except Conflict as exc:  # decommissioned meanwhile (a stale page)
+        session.rollback()
+        flash(request, f"Not rotated: {exc.detail}.", error=True)
+        return RedirectResponse(f"/devices/{device_id}", status_code=303)
+    return _secrets_page(request, user, device_id, token, None)
+
+
+@router.post("/devices/{device_id}/decommission", dependencies=[CsrfChecked])
+def decommission(request: Request, device_id: str, user: PortalUser, session: SessionDep) -> Response:
+    require(user, "operator")
+    try:
+        device_service.decommission_device(session, device_id, actor=_actor(user))
+        session.commit()
+    except (Conflict, ValidationFailed) as exc:
+        session.rollback()
+        flash(request, f"Not decommissioned: {exc.detail}.", error=True)
+    else:
+        flash(request, f"Decommissioned {device_id}: its token no longer works and it is hidden from the device list.")
+    return RedirectResponse(f"/devices/{device_id}", status_code=303)
+
+
+@router.post("/devices/{device_id}/recommission", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def recommission(request: Request, device_id: str, user: PortalUser, session: SessionDep) -> Response:
+    """Back in service with a new token and claim code (the old ones stay invalid)."""
+    require(user, "operator")
+    try:
+        _, token, claim_code = device_service.recommission_device(session, device_id, actor=_actor(user))
+        session.commit()
+    except (Conflict, ValidationFailed) as exc:
+        session.rollback()
+        flash(request, f"Not recommissioned: {exc.detail}.", error=True)
+        return RedirectResponse(f"/devices/{device_id}", status_code=303)
+    return _secrets_page(request, user, device_id, token, claim_code)

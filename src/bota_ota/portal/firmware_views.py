@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any
 
+import humanize
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -67,10 +68,10 @@ async def upload(
     request: Request, user: PortalUser, session: SessionDep, store: StoreDep, settings: SettingsDep, ctx: CtxDep
 ) -> Response:
     """The upload form posts here. The page's script sends the body with ``XMLHttpRequest`` (for its
-    progress bar), the CSRF token in a header and ``Accept: application/json``, and gets the release or
-    problem JSON back. Without JavaScript the browser posts the form itself; the CSRF token then travels
-    as a form field, which the streaming parser only reaches after the files, so it is checked after
-    parsing and before anything is stored."""
+    progress bar), the CSRF token in a header and ``Accept: application/json``, and gets the release (with
+    the firmware list's address in ``Location``) or problem JSON back. Without JavaScript the browser posts
+    the form itself; the CSRF token then travels as a form field, which the streaming parser only reaches
+    after the files, so it is checked after parsing and before anything is stored."""
     require(user, "operator")
     expected = str(request.session.get("csrf") or "")
     header = request.headers.get(CSRF_HEADER)
@@ -107,10 +108,14 @@ async def upload(
             request, "upload.html", status_code=exc.status, user=user, form=typed, errors=errors,
             max_bytes=settings.max_upload_bytes,
         )  # fmt: skip
+    # The flash is shown by the firmware list, where both paths end: the browser follows the redirect, the
+    # page's script the JSON answer's Location.
+    size = sum(a.size for a in (release.bin, release.ufw) if a is not None)
+    flash(request, f"Uploaded {release.version} for {DEVICE_MODELS[release.model]} ({humanize.naturalsize(size)}).")
+    location = f"/firmware#release-{release.id}"
     if wants_json:
-        return JSONResponse(release.model_dump(mode="json"), status_code=201)
-    flash(request, f"Uploaded {DEVICE_MODELS[release.model]} {release.version}.")
-    return RedirectResponse("/firmware", status_code=303)
+        return JSONResponse(release.model_dump(mode="json"), status_code=201, headers={"Location": location})
+    return RedirectResponse(location, status_code=303)
 
 
 @router.post("/firmware/{release_id}/released", dependencies=[CsrfChecked])

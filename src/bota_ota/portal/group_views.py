@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -15,7 +15,7 @@ from bota_ota.devices.models import DeviceGroup
 from bota_ota.devices.schemas import GroupCreate, GroupUpdate
 from bota_ota.ota import fleet
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
-from bota_ota.portal.common import PAGE_SIZE, listing, render, require
+from bota_ota.portal.common import Paging, PagingDep, listing, pages, render, require
 from bota_ota.portal.forms import FILTER_FIELDS, field_errors, filter_from_form
 from bota_ota.web.deps import SessionDep, SettingsDep
 
@@ -53,16 +53,23 @@ def _form_of(group: DeviceGroup) -> dict[str, str]:
     return values
 
 
+def _last_page(total: int, paging: Paging) -> int:
+    """The offset of the last page."""
+    return (pages(total, paging.per_page) - 1) * paging.per_page
+
+
 @router.get("/groups", response_class=HTMLResponse)
 def groups_page(
     request: Request,
     user: PortalUser,
     session: SessionDep,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    paging: PagingDep,
 ) -> HTMLResponse:
-    rows, total = group_service.list_groups(session, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    rows, total = group_service.list_groups(session, limit=paging.per_page, offset=paging.offset)
+    if not rows and total:  # a page past the end shows the last one
+        rows, total = group_service.list_groups(session, limit=paging.per_page, offset=_last_page(total, paging))
     groups = [group_service.group_out(session, g) for g in rows]
-    return render(request, "groups.html", user=user, groups=groups, **listing(total, page, {}))
+    return render(request, "groups.html", user=user, groups=groups, **listing(total, paging, {}))
 
 
 @router.get("/groups/new", response_class=HTMLResponse)
@@ -99,20 +106,21 @@ def group_page(
     user: PortalUser,
     session: SessionDep,
     settings: SettingsDep,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    paging: PagingDep,
 ) -> HTMLResponse:
     group = group_service.get_group(session, group_id)
+    members = group_service.group_filter(group)
+    window = settings.online_window_s
     rows, total = fleet.list_devices(
-        session,
-        group_service.group_filter(group),
-        online_window_s=settings.online_window_s,
-        limit=PAGE_SIZE,
-        offset=(page - 1) * PAGE_SIZE,
+        session, members, online_window_s=window, limit=paging.per_page, offset=paging.offset
     )
+    if not rows and total:  # a page past the end shows the last one
+        offset = _last_page(total, paging)
+        rows, total = fleet.list_devices(session, members, online_window_s=window, limit=paging.per_page, offset=offset)
     devices = fleet.devices_out(
         session, rows, online_window_s=settings.online_window_s, ble_timeout_s=settings.ble_relay_timeout_s
     )
-    return render(request, "group.html", user=user, group=group, devices=devices, **listing(total, page, {}))
+    return render(request, "group.html", user=user, group=group, devices=devices, **listing(total, paging, {}))
 
 
 @router.get("/groups/{group_id}/edit", response_class=HTMLResponse)

@@ -1,6 +1,6 @@
 """Portal: rollouts — the list, the Deploy form with its live preview (and the rollout's delivery policy), the
-rollout page (stages polled live with applied, superseded, retrying and deferred devices, failures by error,
-the event history) and the operator's actions (pause, resume, advance, retry, cancel)."""
+rollout page (live: stages with applied, superseded, retrying and deferred devices, failures by error, the event
+history) and the operator's actions (pause, resume, advance, retry, cancel)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from bota_ota.firmware.models import Release
 from bota_ota.firmware.policy import DEFERRALS
 from bota_ota.ota.words import deferral_label
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
-from bota_ota.portal.common import PAGE_SIZE, listing, render, require
+from bota_ota.portal.common import PagingDep, listing, pages, render, require
 from bota_ota.portal.forms import field_errors, filter_from_form, split_list
 from bota_ota.rollouts import service as rollouts
 from bota_ota.rollouts.models import OPEN_STATUSES
@@ -267,16 +267,21 @@ def rollouts_page(
     request: Request,
     user: PortalUser,
     session: SessionDep,
+    paging: PagingDep,
     status: Annotated[str, Query(max_length=16)] = "",
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
     status_filter = status if status in ROLLOUT_STATUSES else ""
     rows, total = rollouts.list_rollouts(
-        session, status=status_filter or None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        session, status=status_filter or None, limit=paging.per_page, offset=paging.offset
     )
+    if not rows and total:  # a page past the end shows the last one
+        last = pages(total, paging.per_page)
+        rows, total = rollouts.list_rollouts(
+            session, status=status_filter or None, limit=paging.per_page, offset=(last - 1) * paging.per_page
+        )
     return render(
         request, "rollouts.html", user=user, rollouts=[rollouts.rollout_out(session, r) for r in rows],
-        statuses=ROLLOUT_STATUSES, **listing(total, page, {"status": status_filter}),
+        statuses=ROLLOUT_STATUSES, **listing(total, paging, {"status": status_filter}),
     )  # fmt: skip
 
 
@@ -315,19 +320,13 @@ def policy_words(policy: Mapping[str, Any] | None) -> str:
     return " · ".join(parts)
 
 
-def _seen(r: RolloutOut) -> str:
-    """What the page last showed of the status line and the buttons: when it changes, the poll swaps them."""
-    return f"{r.status}:{r.current_stage}"
-
-
-def _page_context(session: Session, rollout_id: str, *, events: bool) -> dict[str, Any]:
+def _page_context(session: Session, rollout_id: str) -> dict[str, Any]:
     rollout = rollouts.get_rollout(session, rollout_id)
-    detail = rollouts.rollout_detail(session, rollout) if events else rollouts.rollout_out(session, rollout)
+    detail = rollouts.rollout_detail(session, rollout)
     group = detail.target.get("group_id")
     return {
         "r": detail,
-        "seen": _seen(detail),
-        "live": detail.status in OPEN_STATUSES,
+        "live": detail.status in OPEN_STATUSES,  # a finished rollout's page stops polling
         "actions": {slug: label for slug, (label, allowed) in ACTIONS.items() if detail.status in allowed},
         "group_exists": bool(group) and _group_exists(session, str(group)),
         "deferral_list": deferral_list,
@@ -345,21 +344,9 @@ def _group_exists(session: Session, group_id: str) -> bool:
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
 def rollout_page(request: Request, rollout_id: str, user: PortalUser, session: SessionDep) -> HTMLResponse:
-    return render(request, "rollout.html", user=user, **_page_context(session, rollout_id, events=True))
-
-
-@router.get("/rollouts/{rollout_id}/progress", response_class=HTMLResponse)
-def rollout_progress(
-    request: Request,
-    rollout_id: str,
-    user: PortalUser,
-    session: SessionDep,
-    seen: Annotated[str, Query(max_length=40)] = "",
-) -> HTMLResponse:
-    """The stages and totals, polled every 2 s. The status line and the buttons come along (out of band) only
-    when the status or stage changed since the page showed them, so keyboard focus stays where it is."""
-    ctx = _page_context(session, rollout_id, events=False)
-    return render(request, "_rollout_progress.html", user=user, changed=seen != ctx["seen"], oob=True, **ctx)
+    """The rollout with its stages, totals, failures and history; its regions re-render themselves from this
+    page while it is open (``live`` in the template)."""
+    return render(request, "rollout.html", user=user, **_page_context(session, rollout_id))
 
 
 @router.post("/rollouts/{rollout_id}/{action}", dependencies=[CsrfChecked])

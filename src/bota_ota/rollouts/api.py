@@ -22,7 +22,13 @@ from bota_ota.web.deps import SessionDep, SettingsDep
 router = APIRouter(prefix="/api/v1/rollouts", tags=["rollouts"])
 
 
-@router.post("", status_code=201, response_model=RolloutDetail, summary="Roll a release out to a group or filter")
+@router.post(
+    "",
+    status_code=201,
+    response_model=RolloutDetail,
+    summary="Roll a release out to a group or filter",
+    responses={404: {"description": "No such release or group"}},
+)
 def create_rollout(
     body: RolloutCreate, session: SessionDep, settings: SettingsDep, principal: Operator
 ) -> RolloutDetail:
@@ -34,6 +40,7 @@ def create_rollout(
     "/preview",
     response_model=Preview,
     summary="What a rollout would do now: matching devices, skipped ones, about how many per stage",
+    responses={404: {"description": "No such release or group"}},
 )
 def preview_rollout(body: PreviewRequest, session: SessionDep, _: Viewer) -> Preview:
     return service.preview(session, body)

@@ -341,8 +341,10 @@ def assign_waiting(session: Session, rollout: Rollout, now: datetime) -> int:
             .execution_options(synchronize_session=False)
         )
     active_elsewhere = exists().where(Assignment.device_id == RolloutDevice.device_id, _active(Assignment.status))
+    # Decommissioning removes the device's memberships; this covers one it raced with (a lookup by key).
+    decommissioned = exists().where(Device.id == RolloutDevice.device_id, Device.decommissioned_at.is_not(None))
     candidates = select(*_assignment_values(session, rollout, RolloutDevice.device_id, now)).where(
-        open_members, ~active_elsewhere
+        open_members, ~active_elsewhere, ~decommissioned
     )
     new_assignments = session.execute(
         insert(Assignment).from_select(_ASSIGNMENT_COLUMNS, candidates).returning(Assignment.id, Assignment.device_id)

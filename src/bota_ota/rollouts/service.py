@@ -10,12 +10,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, exists, func, insert, literal, select, update
+from sqlalchemy import JSON, delete, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from bota_ota.core.database import utcnow
 from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.settings import Settings
+from bota_ota.devices import service as device_service
 from bota_ota.devices.filters import apply_filter, parse_filter
 from bota_ota.devices.models import Device, DeviceGroup
 from bota_ota.devices.schemas import DeviceFilter
@@ -382,3 +383,23 @@ def rollout_detail(session: Session, rollout: Rollout, *, events: int = 200) -> 
         **rollout_out(session, rollout).model_dump(),
         events=[RolloutEventOut(at=e.at, kind=e.kind, actor=e.actor, detail=e.detail) for e in rows],
     )
+
+
+@device_service.on_decommission
+def leave_rollouts(session: Session, device: Device, *, actor: str) -> None:
+    """A decommissioned device leaves every unfinished rollout: its memberships go, so no stage counts it
+    or assigns it again (the engine's targets leave decommissioned devices out too). Its assignments stay,
+    as history; ``ota`` cancels the active one. Finished rollouts keep their members."""
+    left = session.scalars(
+        delete(RolloutDevice)
+        .where(
+            RolloutDevice.device_id == device.id,
+            RolloutDevice.rollout_id.in_(select(Rollout.id).where(Rollout.status.in_(OPEN_STATUSES))),
+        )
+        .returning(RolloutDevice.rollout_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    for rollout_id in left:
+        rollout = session.get(Rollout, rollout_id)
+        if rollout is not None:
+            engine.record(session, rollout, "device_left", actor=actor, device_id=device.id, reason="decommissioned")

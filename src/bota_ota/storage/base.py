@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +13,15 @@ from typing import Protocol
 class SignedUrl:
     url: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A stored blob as the store lists it: ``modified`` is when it was last written (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 class BlobStore(Protocol):
@@ -25,3 +35,7 @@ class BlobStore(Protocol):
 
     def signed_get_url(self, key: str, *, base_url: str, ttl_s: int, filename: str | None = None) -> SignedUrl:
         """A URL that lets anyone holding it GET ``key`` (with Range) until it expires."""
+
+    def list_blobs(self, prefix: str) -> Iterator[BlobInfo]:
+        """Every blob whose key starts with ``prefix``, half-written ones (a local ``.part``) included;
+        in no particular order, read lazily (a store may hold millions)."""

@@ -11,11 +11,12 @@ import hmac
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from bota_ota.storage.base import SignedUrl
+from bota_ota.storage.base import BlobInfo, SignedUrl
 
 DOWNLOAD_PREFIX = "/dl/"
 
@@ -70,6 +71,21 @@ class LocalBlobStore:
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
+
+    def list_blobs(self, prefix: str) -> Iterator[BlobInfo]:
+        # Walk only the folder the prefix names, then match the rest of the prefix against each key.
+        folder = self.path_for(prefix.rpartition("/")[0]) if "/" in prefix else self.root
+        for dirpath, _dirs, files in os.walk(folder):
+            for name in files:
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted (or renamed from .part) while we walked
+                    continue
+                yield BlobInfo(key=key, size=st.st_size, modified=datetime.fromtimestamp(st.st_mtime, UTC))
 
     def signed_get_url(self, key: str, *, base_url: str, ttl_s: int, filename: str | None = None) -> SignedUrl:
         expires = int(time.time()) + ttl_s

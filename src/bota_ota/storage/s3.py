@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from bota_ota.storage.base import SignedUrl
+from bota_ota.storage.base import BlobInfo, SignedUrl
 
 
 class S3BlobStore:
@@ -25,6 +26,7 @@ class S3BlobStore:
         create_bucket: bool = False,
     ) -> None:
         self.bucket = bucket
+        self.list_page_size = 1000  # keys per ListObjectsV2 request (S3's maximum)
         # Path-style addressing works with every S3-protocol server (MinIO, s3rver, Ceph) and with AWS.
         config = Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 3})
         self.client: Any = boto3.client(
@@ -72,6 +74,16 @@ class S3BlobStore:
                 return False
             raise
         return True
+
+    def list_blobs(self, prefix: str) -> Iterator[BlobInfo]:
+        # The paginator follows continuation tokens, a page a request, read as the caller iterates.
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
+        )
+        for page in pages:
+            for obj in page.get("Contents", []):
+                modified: datetime = obj["LastModified"]
+                yield BlobInfo(key=obj["Key"], size=int(obj["Size"]), modified=modified.astimezone(UTC))
 
     def signed_get_url(self, key: str, *, base_url: str, ttl_s: int, filename: str | None = None) -> SignedUrl:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}

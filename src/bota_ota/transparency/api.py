@@ -117,6 +117,7 @@ def list_entries(
     description="Give `release_id` (its latest `release` entry) or `index`. `tree_size` defaults to the current "
     "size; then `tree_head` is the signed head the proof leads to. Verify it as RFC 9162 §2.1.3.2 says, with the "
     "leaf hash SHA-256(0x00 || leaf).",
+    responses={404: {"description": "The release is not in the log, or the log has no such entry"}},
 )
 def inclusion_proof(
     session: SessionDep,

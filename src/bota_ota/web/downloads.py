@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -70,11 +70,30 @@ def _parse_expiry(text: str | None) -> int | None:
     return int(text)
 
 
-@router.api_route(
+_FILE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_DOWNLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The file", "content": _FILE},
+    206: {"description": "The part of the file the Range header asked for", "content": _FILE},
+    400: {"description": "A malformed Range header (field header.range)"},
+    403: {"description": "The URL is invalid, tampered with or expired"},
+    404: {"description": "The file no longer exists (or the S3 store serves downloads)"},
+    416: {"description": "A Range starting at or past the end of the file"},
+}
+
+
+@router.get(
     DOWNLOAD_PREFIX + "{key:path}",
-    methods=["GET", "HEAD"],
     response_class=FileResponse,
+    operation_id="download_file",
     summary="Download a firmware file through a signed URL (supports Range)",
+    responses=_DOWNLOAD_RESPONSES,
+)
+@router.head(
+    DOWNLOAD_PREFIX + "{key:path}",
+    response_class=FileResponse,
+    operation_id="download_file_head",
+    summary="The headers of a download through a signed URL (size, Range support)",
+    responses=_DOWNLOAD_RESPONSES,
 )
 def download(
     request: Request,

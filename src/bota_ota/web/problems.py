@@ -26,6 +26,7 @@ from sqlalchemy.exc import DataError as DBAPIDataError
 from sqlalchemy.exc import OperationalError as DBAPIOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bota_ota.core.errors import DomainError, TooManyRequests
@@ -115,14 +116,36 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     except ValueError:
         phrase = "Error"
     detail = exc.detail if isinstance(exc.detail, str) else phrase
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route whose path matched; a path served by several
+        # routes (GET and HEAD of a download) allows the methods of all of them.
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
     return problem_response(
         request,
         exc.status_code,
         slug=phrase.lower().replace(" ", "-"),
         title=phrase,
         detail=detail,
-        headers=getattr(exc, "headers", None),
+        headers=headers,
     )
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path, asked of the routes themselves (``matches``)."""
+    routes = getattr(request.app, "routes", [])
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -34,6 +34,9 @@
     const target = evt.detail.target;
     const elt = evt.detail.elt;
     if (!elt || !elt.hasAttribute("data-live")) return;
+    // Every answered poll is counted on <body data-polls> (whether it is swapped or held back): something a
+    // person (or a test) can watch to know that the page is live.
+    document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
     if (focusInside(target)) {
       evt.detail.shouldSwap = false;
       return;
@@ -44,11 +47,14 @@
     }
   });
 
-  // Every answered poll is counted on <body data-polls> (whether it was swapped or held back): something a
-  // person (or a test) can watch to know that the page is live.
-  document.addEventListener("htmx:afterRequest", function (evt) {
-    if (!evt.detail.elt || !evt.detail.elt.hasAttribute("data-live")) return;
-    document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
+  // A failed HTMX request (an action in a live region, a poll answered 4xx/5xx) is answered with one sentence
+  // retargeted at #live-error (portal/errors.py): show it there instead of dropping it.
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    const xhr = evt.detail.xhr;
+    if (xhr && xhr.status >= 400 && xhr.getResponseHeader("HX-Retarget") === "#live-error") {
+      evt.detail.shouldSwap = true;
+      evt.detail.isError = false;
+    }
   });
 
   // No polling while the tab is hidden: nobody is looking, and the server has better things to do.

@@ -1,6 +1,7 @@
 // Upload Firmware form: checks what the browser can check, sends the files with XMLHttpRequest so a
-// progress bar can follow the upload (fetch() reports no upload progress), and shows the server's
-// problem JSON beside the field it names. Without JavaScript the form still posts normally.
+// progress bar can follow the upload (fetch() reports no upload progress), shows the server's problem
+// JSON beside the field it names, and after a successful upload goes where the answer's Location says
+// (the firmware list, with the server's flash). Without JavaScript the form still posts normally.
 (function () {
   "use strict";
   // The server's rule (semver 2.0, optional leading v), mirrored for instant feedback.
@@ -86,7 +87,9 @@
       var body = null;
       try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
       if (xhr.status === 201 && body) {
-        window.location.assign("/firmware#release-" + body.id);
+        // The server has set the flash ("Uploaded v1.2.0 for Bota Pin (60.0 MB).") that the firmware list
+        // shows; its address comes in Location.
+        window.location.assign(xhr.getResponseHeader("Location") || "/firmware#release-" + body.id);
         return;
       }
       status.hidden = true;
