@@ -36,7 +36,15 @@ from bota_ota.ota.api import devices_router as fleet_router
 from bota_ota.ota.api import groups_router
 from bota_ota.ota.api import router as assignments_router
 from bota_ota.ota.sweeps import fail_stalled_deliveries
-from bota_ota.portal import admin_views, device_views, firmware_views, group_views, rollout_views
+from bota_ota.portal import (
+    admin_views,
+    device_action_views,
+    device_import_views,
+    device_views,
+    firmware_views,
+    group_views,
+    rollout_views,
+)
 from bota_ota.portal.auth import LoginRequired, login_url
 from bota_ota.portal.errors import problem_page
 from bota_ota.portal.views import router as portal_router
@@ -157,7 +165,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         transparency_router,
         portal_router,
         firmware_views.router,
+        device_import_views.router,  # before device_views: /devices/import is not a device id
         device_views.router,
+        device_action_views.router,
         admin_views.router,
         rollout_views.router,
         group_views.router,

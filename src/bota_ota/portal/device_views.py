@@ -3,27 +3,24 @@ and the device page (Overview with the device actions, OTA, Activity)."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bota_ota.accounts.models import User
 from bota_ota.core.database import session_scope
 from bota_ota.core.device_models import DEVICE_MODELS
-from bota_ota.core.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from bota_ota.core.errors import Conflict, NotFound, ValidationFailed
 from bota_ota.core.settings import Settings
 from bota_ota.devices import csvio
 from bota_ota.devices import service as device_service
-from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DEVICE_ID_RE, DeviceFilter, TagsUpdate
+from bota_ota.devices.schemas import DEVICE_ID_PATTERN, DEVICE_ID_RE, DeviceFilter
 from bota_ota.firmware import security
 from bota_ota.firmware import service as firmware
 from bota_ota.firmware.versions import is_newer
@@ -33,7 +30,7 @@ from bota_ota.ota.models import ASSIGNMENT_STATUSES, Assignment, AssignmentEvent
 from bota_ota.ota.schemas import DeviceOut
 from bota_ota.portal.auth import CsrfChecked, PortalUser, flash
 from bota_ota.portal.common import PagingDep, listing, pages, render, require
-from bota_ota.portal.forms import field_errors, split_list
+from bota_ota.portal.forms import actor, field_errors, sentence, split_list
 from bota_ota.web.deps import CtxDep, SessionDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
@@ -46,19 +43,6 @@ MAX_NAME = 200
 # 1 MiB: a larger file is split (10,000 lines of id, model, name and tags fit easily).
 MAX_IMPORT_BYTES = 1024 * 1024
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-def sentence(text: str) -> str:
-    """A service's message as the portal shows it: capitalised, ending with a full stop."""
-    text = text.strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
-
-
-def _actor(user: User) -> str:
-    return f"user:{user.email}"
 
 
 # ---- the device list ---------------------------------------------------------------------------------------
@@ -252,7 +236,7 @@ def register(
     if not errors:
         try:
             device, token, claim_code = device_service.register_device(
-                session, device_id=device_id, model=model, name=name, actor=_actor(user)
+                session, device_id=device_id, model=model, name=name, actor=actor(user)
             )
             session.commit()
         except Conflict:
@@ -272,122 +256,6 @@ def register(
     )
     response.headers.update(NO_STORE)
     return response
-
-
-@router.get("/devices/import", response_class=HTMLResponse)
-def import_page(request: Request, user: PortalUser) -> HTMLResponse:
-    require(user, "operator")
-    return render(request, "device_import.html", user=user, step="upload", errors={})
-
-
-def _preview(text: str, error_lines: set[int]) -> list[dict[str, Any]]:
-    """The lines of a checked file that would be registered (line, id, model, name), for the check page; the
-    import's dry run checks them, this only shows them. Line numbers count as the import counts them."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
-    header: list[str] | None = None
-    out: list[dict[str, Any]] = []
-    end = 0
-    try:
-        for record in reader:
-            start, end = end + 1, reader.line_num
-            if not any(cell.strip() for cell in record):
-                continue
-            if header is None:
-                header = [cell.strip().lower() for cell in record]
-                continue
-            if start not in error_lines:
-                cells = dict(zip(header, (cell.strip() for cell in record), strict=False))
-                out.append({"line": start, "id": cells.get("id", ""), "model": cells.get("model", ""),
-                            "name": cells.get("name", "")})  # fmt: skip
-    except csv.Error:
-        return []  # the import said why beside the file field
-    return out
-
-
-def _import_step(
-    request: Request, user: User, session: Session, text: str, *, dry_run: bool
-) -> tuple[Any, HTMLResponse | None]:
-    """Run the import (or its dry run). A report with errors is the check page again, with every error; a file
-    the import refuses as a whole (not CSV, no header, too many lines) is the upload form with the reason."""
-    try:
-        report = csvio.import_devices(session, text, dry_run=dry_run, actor=_actor(user))
-    except (ValidationFailed, Conflict, PayloadTooLarge) as exc:
-        session.rollback()
-        errors = {"file": sentence(exc.detail)}
-        return None, render(
-            request, "device_import.html", status_code=exc.status, user=user, step="upload", errors=errors
-        )
-    if dry_run or report.errors:
-        session.rollback()
-        preview = _preview(text, {e.line for e in report.errors})
-        return report, render(
-            request, "device_import.html", status_code=422 if report.errors else 200, user=user, step="check",
-            report=report, preview=preview, csv_text=text, errors={},
-        )  # fmt: skip
-    session.commit()
-    return report, None
-
-
-@router.post("/devices/import", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def import_dry_run(
-    request: Request, user: PortalUser, session: SessionDep, file: Annotated[UploadFile | None, File()] = None
-) -> Response:
-    """Step 1: the file is checked, nothing is written; the page lists what would be created and every error."""
-    require(user, "operator")
-    error = ""
-    text = ""
-    if file is None or not file.filename:
-        error = "Choose a CSV file to import."
-    else:
-        data = file.file.read(MAX_IMPORT_BYTES + 1)
-        if len(data) > MAX_IMPORT_BYTES:
-            error = "The file is larger than 1 MB; split it into several files."
-        else:
-            try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                error = "The file is not UTF-8 text; save it as CSV (UTF-8) and try again."
-    if error:
-        return render(request, "device_import.html", status_code=422, user=user, step="upload", errors={"file": error})
-    _, response = _import_step(request, user, session, text, dry_run=True)
-    assert response is not None  # a dry run always answers with a page
-    return response
-
-
-@router.post("/devices/import/run", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def import_run(
-    request: Request,
-    user: PortalUser,
-    session: SessionDep,
-    csv_text: Annotated[str, Form(alias="csv", max_length=MAX_IMPORT_BYTES)] = "",
-) -> Response:
-    """Step 2: the same file (carried in a hidden field) registered for real, all or nothing. Something that
-    changed meanwhile (a device registered by someone else) shows the checked page again with the error."""
-    require(user, "operator")
-    report, response = _import_step(request, user, session, csv_text, dry_run=False)
-    if response is not None:
-        return response
-    response = render(request, "device_import.html", status_code=201, user=user, step="done", report=report, errors={})
-    response.headers.update(NO_STORE)
-    return response
-
-
-@router.post("/devices/import/tokens.csv", dependencies=[CsrfChecked])
-def import_tokens_csv(user: PortalUser, tokens: Annotated[str, Form(max_length=MAX_IMPORT_BYTES * 2)] = "") -> Response:
-    """The tokens page's "Download CSV": its hidden rows back as a file. Only the three columns leave, re-written
-    by the csv module, so the download is a plain CSV whatever the field held. Nothing is stored to serve it."""
-    require(user, "operator")
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["id", "token", "claim_code"])
-    for row in csv.reader(io.StringIO(tokens)):
-        if len(row) == 3 and row[0] != "id":
-            writer.writerow(row)
-    return Response(
-        out.getvalue(),
-        media_type="text/csv; charset=utf-8",
-        headers={**NO_STORE, "Content-Disposition": 'attachment; filename="device-tokens.csv"'},
-    )
 
 
 # ---- the device page -----------------------------------------------------------------------------------------
@@ -432,7 +300,7 @@ def ota_key(latest: Assignment | None) -> str:
     return ":".join("" if p is None else str(p) for p in parts)
 
 
-def _device_page(
+def device_page_context(
     session: Session, settings: Settings, device_id: str, tab: str, *, release_id: str = ""
 ) -> dict[str, Any]:
     device = device_service.get_device(session, device_id)
@@ -474,7 +342,7 @@ def device_page(
     tab: Annotated[str, Query(pattern="^(overview|ota|activity)$")] = "overview",
     release_id: Annotated[str, Query(max_length=64)] = "",
 ) -> HTMLResponse:
-    ctx = _device_page(session, settings, device_id, tab, release_id=release_id)
+    ctx = device_page_context(session, settings, device_id, tab, release_id=release_id)
     if tab == "ota":
         ctx["assign_error"] = request.session.pop("assign_error", None)
     response = render(request, "device.html", user=user, **ctx)
@@ -489,7 +357,7 @@ def ota_status(
     request: Request, device_id: str, user: PortalUser, session: SessionDep, settings: SettingsDep
 ) -> HTMLResponse:
     """The OTA tab's status alone (the device's latest assignment), for scripts and tests that want only that."""
-    ctx = _device_page(session, settings, device_id, "status")
+    ctx = device_page_context(session, settings, device_id, "status")
     return render(request, "_ota_fragment.html", user=user, **ctx)
 
 
@@ -513,7 +381,7 @@ def assign(
         if not release_id:
             raise ValidationFailed("choose a release", field="release_id")
         assignment = ota_service.create_assignment(
-            session, device_id=device_id, release_id=release_id, actor=_actor(user)
+            session, device_id=device_id, release_id=release_id, actor=actor(user)
         )
         session.commit()
     except (ValidationFailed, Conflict, NotFound) as exc:
@@ -529,7 +397,7 @@ def assign(
 def cancel(request: Request, assignment_id: str, user: PortalUser, session: SessionDep) -> Response:
     require(user, "operator")
     try:
-        assignment = ota_service.cancel_assignment(session, assignment_id, actor=_actor(user))
+        assignment = ota_service.cancel_assignment(session, assignment_id, actor=actor(user))
         session.commit()
     except Conflict as exc:  # finished meanwhile (the page was stale): say so on the OTA tab
         session.rollback()
@@ -546,154 +414,9 @@ def retry(request: Request, assignment_id: str, user: PortalUser, session: Sessi
     require(user, "operator")
     old = ota_service.get_assignment(session, assignment_id)
     try:
-        new = ota_service.retry_assignment(session, assignment_id, actor=_actor(user))
+        new = ota_service.retry_assignment(session, assignment_id, actor=actor(user))
     except (ValidationFailed, Conflict) as exc:  # e.g. assigned again meanwhile, or now a downgrade
         flash(request, f"Not retried: {exc.detail}.", error=True)
     else:
         flash(request, f"Retrying {new.version}: a new assignment is pending.")
     return _back_to_ota(old.device_id)
-
-
-# ---- the device actions of the Overview tab ---------------------------------------------------------------------
-
-
-def _overview_refused(
-    request: Request, user: User, session: Session, settings: Settings, device_id: str, errors: dict[str, str],
-    form: dict[str, str], status: int = 422,
-) -> HTMLResponse:  # fmt: skip
-    """The Overview again, the message beside the field and what was typed kept."""
-    session.rollback()
-    ctx = _device_page(session, settings, device_id, "overview")
-    ctx["form"].update(form)
-    ctx["errors"] = errors
-    if "tags" in form:
-        ctx["tags_value"] = form["tags"]
-    return render(request, "device.html", status_code=status, user=user, **ctx)
-
-
-@router.post("/devices/{device_id}/name", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def rename(
-    request: Request,
-    device_id: str,
-    user: PortalUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    name: Annotated[str, Form(max_length=2000)] = "",
-) -> Response:
-    require(user, "operator")
-    device_service.get_device(session, device_id)
-    name = name.strip()
-    if len(name) > MAX_NAME:
-        error = f"Name must be at most {MAX_NAME} characters (it has {len(name)})."
-        return _overview_refused(request, user, session, settings, device_id, {"name": error}, {"name": name})
-    try:
-        device_service.rename_device(session, device_id, name, actor=_actor(user))
-        session.commit()
-    except (ValidationFailed, Conflict) as exc:
-        errors = {"name": sentence(exc.detail)}
-        return _overview_refused(request, user, session, settings, device_id, errors, {"name": name}, exc.status)
-    flash(request, f"Renamed {device_id} to “{name}”." if name else f"Removed the name of {device_id}.")
-    return RedirectResponse(f"/devices/{device_id}", status_code=303)
-
-
-@router.post("/devices/{device_id}/owner", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def set_owner(
-    request: Request,
-    device_id: str,
-    user: PortalUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    owner: Annotated[str, Form(max_length=2000)] = "",
-) -> Response:
-    """Set the owner by an app user's e-mail; an empty field clears it."""
-    require(user, "operator")
-    device_service.get_device(session, device_id)
-    email = owner.strip()
-    error = ""
-    if email and ("@" not in email or len(email) > 254 or " " in email):
-        error = "Owner's e-mail must be an e-mail address, e.g. name@example.com."
-    else:
-        try:
-            device_service.set_owner(session, device_id, email or None, actor=_actor(user))
-            session.commit()
-        except (ValidationFailed, Conflict) as exc:  # no app user with that e-mail; decommissioned meanwhile
-            error = sentence(exc.detail)
-    if error:
-        return _overview_refused(request, user, session, settings, device_id, {"owner": error}, {"owner": owner})
-    flash(request, f"{device_id} belongs to {email.lower()}." if email else f"{device_id} has no owner now.")
-    return RedirectResponse(f"/devices/{device_id}", status_code=303)
-
-
-@router.post("/devices/{device_id}/tags", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def set_tags(
-    request: Request,
-    device_id: str,
-    user: PortalUser,
-    session: SessionDep,
-    settings: SettingsDep,
-    tags: Annotated[str, Form(max_length=2000)] = "",
-) -> Response:
-    """The tags, comma-separated, replace the device's (empty removes them)."""
-    require(user, "operator")
-    device_service.get_device(session, device_id)  # an unknown device is 404, whatever the form says
-    try:
-        body = TagsUpdate(tags=split_list(tags))
-        device = device_service.set_tags(session, device_id, body.tags, actor=_actor(user))
-        session.commit()
-    except ValidationError as exc:
-        errors = {k: sentence(v) for k, v in field_errors(exc, lambda loc: "tags").items()}
-        return _overview_refused(request, user, session, settings, device_id, errors, {"tags": tags})
-    except ValidationFailed as exc:
-        errors = {"tags": sentence(exc.detail)}
-        return _overview_refused(request, user, session, settings, device_id, errors, {"tags": tags})
-    flash(request, f"Tags of {device.id}: {', '.join(device.tags) if device.tags else 'none'}.")
-    return RedirectResponse(f"/devices/{device_id}", status_code=303)
-
-
-def _secrets_page(request: Request, user: User, device_id: str, token: str, claim_code: str | None) -> Response:
-    """A new token (and claim code) shown this once, never cached."""
-    response = render(request, "token_shown.html", user=user, device_id=device_id, token=token, claim_code=claim_code)
-    response.headers.update(NO_STORE)
-    return response
-
-
-@router.post("/devices/{device_id}/token", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def rotate_token(request: Request, device_id: str, user: PortalUser, session: SessionDep) -> Response:
-    """A new device token; the old one stops working at once."""
-    require(user, "operator")
-    try:
-        token = device_service.rotate_token(session, device_id, actor=_actor(user))
-        session.commit()
-    except Conflict as exc:  # decommissioned meanwhile (a stale page)
-        session.rollback()
-        flash(request, f"Not rotated: {exc.detail}.", error=True)
-        return RedirectResponse(f"/devices/{device_id}", status_code=303)
-    return _secrets_page(request, user, device_id, token, None)
-
-
-@router.post("/devices/{device_id}/decommission", dependencies=[CsrfChecked])
-def decommission(request: Request, device_id: str, user: PortalUser, session: SessionDep) -> Response:
-    require(user, "operator")
-    try:
-        device_service.decommission_device(session, device_id, actor=_actor(user))
-        session.commit()
-    except (Conflict, ValidationFailed) as exc:
-        session.rollback()
-        flash(request, f"Not decommissioned: {exc.detail}.", error=True)
-    else:
-        flash(request, f"Decommissioned {device_id}: its token no longer works and it is hidden from the device list.")
-    return RedirectResponse(f"/devices/{device_id}", status_code=303)
-
-
-@router.post("/devices/{device_id}/recommission", response_class=HTMLResponse, dependencies=[CsrfChecked])
-def recommission(request: Request, device_id: str, user: PortalUser, session: SessionDep) -> Response:
-    """Back in service with a new token and claim code (the old ones stay invalid)."""
-    require(user, "operator")
-    try:
-        _, token, claim_code = device_service.recommission_device(session, device_id, actor=_actor(user))
-        session.commit()
-    except (Conflict, ValidationFailed) as exc:
-        session.rollback()
-        flash(request, f"Not recommissioned: {exc.detail}.", error=True)
-        return RedirectResponse(f"/devices/{device_id}", status_code=303)
-    return _secrets_page(request, user, device_id, token, claim_code)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bota_ota.accounts.models import User
 from bota_ota.core.device_models import DEVICE_MODELS
 
 # The device filter's keys a portal form offers, as form fields of the same names ("tags" comma-separated).
@@ -91,3 +92,17 @@ def detail_text(detail: Mapping[str, Any] | None) -> str:
 
 def pct(value: float) -> str:
     return f"{value:g}"
+
+
+def sentence(text: str) -> str:
+    """A service's message as the portal shows it: capitalised, ending with a full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def actor(user: User) -> str:
+    """How the audit log names a portal user's action."""
+    return f"user:{user.email}"
