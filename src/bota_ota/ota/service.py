@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import JSON, case, func, insert, inspect, literal, select, update
+from sqlalchemy import JSON, Select, case, func, insert, inspect, literal, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from bota_ota.core import audit
@@ -281,6 +281,28 @@ def cancel_active_for_releases(session: Session, release_ids: Sequence[str], *, 
     return len(devices)
 
 
+def assignments_query(
+    *,
+    status: str | None = None,
+    device_id: str | None = None,
+    release_id: str | None = None,
+    rollout_id: str | None = None,
+) -> Select[Assignment]:
+    """Assignments matching every filter given: a status, or ``active`` for pending and delivered ones."""
+    query = select(Assignment)
+    if status == "active":
+        query = query.where(Assignment.status.in_(ACTIVE_STATUSES))
+    elif status:
+        query = query.where(Assignment.status == status)
+    if device_id:
+        query = query.where(Assignment.device_id == device_id)
+    if release_id:
+        query = query.where(Assignment.release_id == release_id)
+    if rollout_id:
+        query = query.where(Assignment.rollout_id == rollout_id)
+    return query
+
+
 def list_assignments(
     session: Session,
     *,
@@ -291,17 +313,9 @@ def list_assignments(
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[Sequence[Assignment], int]:
-    query = select(Assignment)
-    if status:
-        if status not in ASSIGNMENT_STATUSES:
-            raise ValidationFailed(f"status must be one of {', '.join(ASSIGNMENT_STATUSES)}", field="status")
-        query = query.where(Assignment.status == status)
-    if device_id:
-        query = query.where(Assignment.device_id == device_id)
-    if release_id:
-        query = query.where(Assignment.release_id == release_id)
-    if rollout_id:
-        query = query.where(Assignment.rollout_id == rollout_id)
+    if status and status not in ASSIGNMENT_STATUSES:
+        raise ValidationFailed(f"status must be one of {', '.join(ASSIGNMENT_STATUSES)}", field="status")
+    query = assignments_query(status=status, device_id=device_id, release_id=release_id, rollout_id=rollout_id)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(
         query.order_by(Assignment.created_at.desc(), Assignment.id.desc()).limit(limit).offset(offset)

@@ -16,7 +16,8 @@ from sqlalchemy.orm import QueryableAttribute, Session
 
 from bota_ota.devices.models import Device
 from bota_ota.ota import fleet
-from bota_ota.ota.models import ACTIVE_STATUSES, ASSIGNMENT_STATUSES, Assignment
+from bota_ota.ota.models import ASSIGNMENT_STATUSES, Assignment
+from bota_ota.ota.service import assignments_query
 
 # "active" stands for pending or delivered: the assignments list's filter behind the dashboard's Updating tile.
 ASSIGNMENT_FILTERS = ("active", *ASSIGNMENT_STATUSES)
@@ -43,22 +44,6 @@ class Updating:
 
     devices: int
     never_seen: int
-
-
-def assignments_query(
-    *, status: str | None = None, release_id: str | None = None, rollout_id: str | None = None
-) -> Select[Assignment]:
-    """The assignments list's filter: a status, or ``active`` for pending and delivered ones."""
-    query = select(Assignment)
-    if status == "active":
-        query = query.where(Assignment.status.in_(ACTIVE_STATUSES))
-    elif status:
-        query = query.where(Assignment.status == status)
-    if release_id:
-        query = query.where(Assignment.release_id == release_id)
-    if rollout_id:
-        query = query.where(Assignment.rollout_id == rollout_id)
-    return query
 
 
 def _ordered(query: Select[Assignment], sort: str, descending: bool) -> Select[Assignment]:
